@@ -1,0 +1,41 @@
+"""pytest-ipc: fixtures and a race marker for Python ``multiprocessing`` code.
+
+The names below are imported lazily: worker processes import this package
+(under spawn and forkserver) and must not pay for importing pytest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "RaceDetected": "pytest_ipc.errors",
+    "RunsFailed": "pytest_ipc.errors",
+    "UnexpectedOutcome": "pytest_ipc.errors",
+    "WorkerError": "pytest_ipc.errors",
+    "WorkerFailed": "pytest_ipc.errors",
+    "WorkerStartError": "pytest_ipc.errors",
+    "WorkerTimeout": "pytest_ipc.errors",
+    "DONE": "pytest_ipc.queues",
+    "FanInQueue": "pytest_ipc.queues",
+    "FanInTimeout": "pytest_ipc.queues",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_ipc' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

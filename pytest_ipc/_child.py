@@ -1,0 +1,144 @@
+"""What runs inside a worker process started by ``ipc_workers``.
+
+This module must stay importable without pytest: under spawn and forkserver
+every worker imports it afresh, and importing pytest there would cost more
+than the work most targets do.  Everything it tells the parent goes through
+files in the worker group's private directory, never through a pipe the
+parent might not be reading (a large traceback in a full pipe would hang the
+child at exit).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import os
+import pickle
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on POSIX
+    resource = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """A module-level function named by reference.
+
+    Under spawn and forkserver the child then imports the target itself,
+    inside :func:`bootstrap`, so an import failure is reported as such
+    instead of dying in multiprocessing's own unpickling before any of our
+    code runs.
+    """
+
+    module: str
+    qualname: str
+
+    def resolve(self) -> Callable[..., Any]:
+        obj: Any = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            obj = getattr(obj, part)
+        return obj  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a worker needs besides its target and arguments."""
+
+    name: str
+    index: int
+    workdir: str
+    ready: Any  # the write end of the group's ready pipe (a Connection)
+    go: Any  # the group's start Event
+    timeout: float
+    seed: int
+    jitter: float
+
+
+def stack_path(workdir: str, index: int) -> str:
+    return os.path.join(workdir, f"worker-{index}.stack")
+
+
+def result_path(workdir: str, index: int) -> str:
+    return os.path.join(workdir, f"worker-{index}.result")
+
+
+def write_result(workdir: str, index: int, result: dict[str, Any]) -> None:
+    """Write ``result`` so that the parent sees all of it or nothing."""
+    path = result_path(workdir, index)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(result, f)
+    os.replace(tmp, path)
+
+
+def _error_result(stage: str, exc: BaseException) -> dict[str, Any]:
+    tb = exc.__traceback__
+    if stage == "run" and tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # start at the target, not at bootstrap()
+    return {
+        "ok": False,
+        "stage": stage,
+        "exc_type": type(exc).__qualname__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+    }
+
+
+def _prepare_process(spec: ChildSpec) -> None:
+    if resource is not None:
+        # A hung worker is ended with SIGABRT so that faulthandler writes its
+        # stacks; that must not leave a core file in the user's directory.
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        except (ValueError, OSError):  # pragma: no cover - hard limit lower than 0 is impossible
+            pass
+    # Kept open for the life of the process: faulthandler writes to its fd
+    # from a signal handler, on SIGABRT (a hang) and on a crash.
+    stack_file = open(stack_path(spec.workdir, spec.index), "w")  # noqa: SIM115
+    faulthandler.enable(file=stack_file, all_threads=True)
+
+
+def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The ``Process`` target of every worker: load, wait at the barrier, run, report."""
+    _prepare_process(spec)
+    try:
+        func = target.resolve() if isinstance(target, TargetRef) else target
+    except BaseException as exc:
+        write_result(spec.workdir, spec.index, _error_result("load", exc))
+        raise SystemExit(1) from None
+
+    spec.ready.send(spec.index)
+    spec.ready.close()
+    if not spec.go.wait(spec.timeout):
+        write_result(
+            spec.workdir,
+            spec.index,
+            {"ok": False, "stage": "barrier", "exc_type": "TimeoutError",
+             "message": f"the start barrier was not released within {spec.timeout:g}s",
+             "traceback": ""},
+        )
+        raise SystemExit(1)
+
+    if spec.jitter > 0:
+        from pytest_ipc import _amplify
+
+        _amplify.activate(spec.seed, spec.index, spec.jitter)
+
+    try:
+        value = func(*args, **kwargs)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        write_result(spec.workdir, spec.index, _error_result("run", exc))
+        raise SystemExit(1) from None
+
+    if value is not None:
+        try:
+            write_result(spec.workdir, spec.index, {"ok": True, "value": value})
+        except Exception as exc:
+            write_result(spec.workdir, spec.index, _error_result("return", exc))
+            raise SystemExit(1) from None

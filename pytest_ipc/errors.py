@@ -1,0 +1,66 @@
+"""The exceptions pytest-ipc raises in the test process.
+
+Worker errors are ordinary exceptions raised by ``ipc_workers`` in the test's
+own code, so ``pytest.raises(pytest_ipc.WorkerFailed)`` works.  The race
+verdict subclasses pytest's own failure outcome with ``pytrace=False``: the
+report then shows the histogram, not a traceback from inside the plugin.
+"""
+
+from __future__ import annotations
+
+from _pytest.outcomes import Failed
+
+__all__ = [
+    "RaceDetected",
+    "RunsFailed",
+    "UnexpectedOutcome",
+    "WorkerError",
+    "WorkerFailed",
+    "WorkerStartError",
+    "WorkerTimeout",
+]
+
+
+class WorkerError(Exception):
+    """Something went wrong in a worker started by ``ipc_workers``."""
+
+
+class WorkerStartError(WorkerError):
+    """A worker could not be started (most often: its target cannot be pickled)."""
+
+
+class WorkerFailed(WorkerError):
+    """A worker raised, exited non-zero or was killed by a signal."""
+
+
+class WorkerTimeout(WorkerError):
+    """Workers were still running when the timeout ran out (a hang)."""
+
+
+class RunsFailed(Failed):
+    """Every run of an ``ipc_race`` test failed: a plain bug, not a race."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, pytrace=False)
+
+
+class UnexpectedOutcome(Failed):
+    """Every run of an ``ipc_race`` test agreed, on an outcome outside ``expect``."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, pytrace=False)
+
+
+class RaceDetected(Failed):
+    """Runs of an ``ipc_race`` test disagreed: their outcomes differ, or some failed."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, pytrace=False)
+
+
+# Report the public name users import, not the private module.
+for _cls in (
+    WorkerError, WorkerStartError, WorkerFailed, WorkerTimeout, RunsFailed, UnexpectedOutcome, RaceDetected
+):
+    _cls.__module__ = "pytest_ipc"
+del _cls

@@ -1,0 +1,167 @@
+"""The IPC fixtures: context, shared values, pipes, fan-in queue, workers, outcome.
+
+Heavy imports (``multiprocessing.connection``, the launcher) happen inside the
+fixtures, so a session that uses none of them never pays for them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any, Iterator, NamedTuple
+
+import pytest
+
+from pytest_ipc import state
+
+
+class PipePair(NamedTuple):
+    """Two connected ``Connection`` ends: ``parent, child = pipe_pair``.
+
+    Duplex pipes talk both ways.  One-way pipes
+    (``@pytest.mark.parametrize("pipe_pair", [False], indirect=True)``)
+    have ``parent`` as the receiving end and ``child`` as the sending end,
+    the usual shape of a worker reporting to the test.
+    """
+
+    parent: Any
+    child: Any
+
+
+def platform_default_start_method() -> str:
+    return multiprocessing.get_all_start_methods()[0]
+
+
+def _bad_param(fixture: str, param: Any, why: str) -> None:
+    __tracebackhide__ = True
+    pytest.fail(f"{fixture}: bad indirect parameter {param!r}: {why}", pytrace=False)
+
+
+@pytest.fixture
+def ipc_start_method(request: pytest.FixtureRequest) -> str:
+    """The start method of this test: fork, spawn or forkserver.
+
+    From ``@pytest.mark.ipc_start_methods(...)``, else ``--ipc-start-method``,
+    else the ini key ``ipc_start_method``, else the platform default.
+    """
+    method = state.settings(request.config).start_method
+    if method is None or method == "all":
+        return platform_default_start_method()
+    return method
+
+
+@pytest.fixture
+def ipc_context(ipc_start_method: str) -> Any:
+    """The ``multiprocessing`` context of the test's start method (skipped if unavailable)."""
+    if ipc_start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"start method {ipc_start_method!r} is not available on this platform")
+    return multiprocessing.get_context(ipc_start_method)
+
+
+def _value_args(request: pytest.FixtureRequest, default: tuple[Any, ...]) -> tuple[str, Any, bool]:
+    __tracebackhide__ = True
+    name = request.fixturename
+    param = getattr(request, "param", default)
+    lock = True
+    if isinstance(param, dict):
+        unknown = set(param) - {"typecode", "value", "lock"}
+        if unknown:
+            _bad_param(name, param, f"unknown keys {sorted(unknown)} (use typecode, value, lock)")
+        lock = param.get("lock", True)
+        param = (param.get("typecode", default[0]), param.get("value", default[1]))
+    elif isinstance(param, str):
+        param = (param, default[1])
+    if not isinstance(param, tuple) or len(param) != 2:
+        _bad_param(name, param, "expected a typecode, a (typecode, value) tuple, or a dict")
+    return param[0], param[1], bool(lock)
+
+
+def _typecode_error(name: str, typecode: Any, value: Any, exc: Exception) -> None:
+    __tracebackhide__ = True
+    hint = ""
+    if typecode == "s":
+        hint = (" There is no string typecode: for text use Array('c', b'...') (bytes) or a"
+                " Manager().Value(str, ...).")
+    pytest.fail(
+        f"{name}: cannot make a shared {typecode!r} from {value!r}: {type(exc).__name__}: {exc}.{hint}",
+        pytrace=False,
+    )
+
+
+@pytest.fixture
+def shared_value(request: pytest.FixtureRequest, ipc_context: Any) -> Any:
+    """A synchronized ``Value('i', 0)``; indirect param: typecode, (typecode, value) or a dict with lock."""
+    typecode, value, lock = _value_args(request, ("i", 0))
+    try:
+        return ipc_context.Value(typecode, value, lock=lock)
+    except (TypeError, ValueError, AttributeError) as exc:
+        _typecode_error("shared_value", typecode, value, exc)
+
+
+@pytest.fixture
+def shared_array(request: pytest.FixtureRequest, ipc_context: Any) -> Any:
+    """A synchronized ``Array('i', 10)``; indirect param: typecode, (typecode, size_or_items) or a dict."""
+    typecode, init, lock = _value_args(request, ("i", 10))
+    try:
+        return ipc_context.Array(typecode, init, lock=lock)
+    except (TypeError, ValueError, AttributeError) as exc:
+        _typecode_error("shared_array", typecode, init, exc)
+
+
+@pytest.fixture
+def pipe_pair(request: pytest.FixtureRequest, ipc_context: Any) -> Iterator[PipePair]:
+    """Two connected ``Connection`` ends, duplex unless parametrized with ``False``; closed at teardown."""
+    duplex = getattr(request, "param", True)
+    if not isinstance(duplex, bool):
+        _bad_param("pipe_pair", duplex, "expected True (duplex) or False (one-way)")
+    a, b = ipc_context.Pipe(duplex=duplex)
+    try:
+        yield PipePair(a, b)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.fixture
+def fanin_queue(request: pytest.FixtureRequest, ipc_context: Any) -> Iterator[Any]:
+    """A real ``multiprocessing`` Queue with ``collect(producers=N)``; drained and closed at teardown."""
+    from pytest_ipc.queues import FanInQueue
+
+    q = FanInQueue(ctx=ipc_context, timeout=state.item_timeout(request.node))
+    try:
+        yield q
+    finally:
+        q.shutdown()
+
+
+@pytest.fixture
+def ipc_workers(
+    request: pytest.FixtureRequest, ipc_context: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """Starts worker processes: ``start(target, args=..., count=N)`` then ``join()``.
+
+    Every failure of a child (exception, exit code, signal, segfault, hang)
+    becomes a test failure that names the worker; nothing outlives the test.
+    """
+    from pytest_ipc.launcher import IpcWorkers
+    from pytest_ipc.errors import WorkerError
+
+    run = state.current_run(request.node)
+    workers = IpcWorkers(
+        ipc_context,
+        timeout=state.item_timeout(request.node),
+        basetemp=str(tmp_path_factory.getbasetemp()),
+        seed=run.seed,
+        jitter=run.jitter,
+    )
+    try:
+        yield workers
+    finally:
+        complaints = workers.close()
+        if complaints and not state.call_failed(request.node):
+            raise WorkerError("\n".join(complaints))
+
+
+@pytest.fixture
+def ipc_outcome(request: pytest.FixtureRequest) -> Any:
+    """Records the outcome of this run of an ``ipc_race`` test: ``ipc_outcome.record(x)``."""
+    return state.current_run(request.node).outcome

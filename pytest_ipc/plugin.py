@@ -1,0 +1,180 @@
+"""pytest-ipc's pytest plugin: options, markers and the hooks that tie them together.
+
+Loaded by the ``pytest11`` entry point or by ``pytest -p pytest_ipc``.
+Everything heavy is imported lazily by the fixtures and the race runner.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any, Generator
+
+import pytest
+
+from pytest_ipc import settings as settings_mod
+from pytest_ipc import state
+from pytest_ipc.fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
+    fanin_queue,
+    ipc_context,
+    ipc_outcome,
+    ipc_start_method,
+    ipc_workers,
+    pipe_pair,
+    shared_array,
+    shared_value,
+)
+
+MARKERS = (
+    "ipc_start_methods(*methods): run the test under each of the named start methods "
+    "(fork, spawn, forkserver, or all); ids [fork], [spawn], [forkserver].",
+    "ipc_timeout(seconds): the timeout of every blocking call of the test's IPC fixtures.",
+    "ipc_race(runs=None, budget=None, expect=None, jitter=None): run the test many times with fresh "
+    "fixtures and fail when the runs disagree (pytest_ipc.RaceDetected).",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ipc", "pytest-ipc: multiprocessing fixtures and race detection")
+    group.addoption("--ipc-start-method", dest="ipc_start_method", default=None, metavar="METHOD",
+                    help="start method of the IPC fixtures: fork, spawn, forkserver or all "
+                         "(all runs each test under every available method). Default: the platform's.")
+    group.addoption("--ipc-timeout", dest="ipc_timeout", default=None, metavar="SECONDS",
+                    help=f"timeout of every blocking call of the IPC fixtures (default {settings_mod.DEFAULT_TIMEOUT:g}).")
+    group.addoption("--ipc-runs", dest="ipc_runs", default=None, metavar="N",
+                    help=f"runs of an ipc_race test whose marker sets none (default {settings_mod.DEFAULT_RUNS}).")
+    group.addoption("--ipc-budget", dest="ipc_budget", default=None, metavar="SECONDS",
+                    help="no new run of an ipc_race test starts after this many seconds, unless its marker "
+                         f"sets runs= (default {settings_mod.DEFAULT_BUDGET:g}; 'none' for no limit).")
+    group.addoption("--ipc-seed", dest="ipc_seed", default=None, metavar="N",
+                    help="session seed from which every run's seed is derived (default: random, printed in the header).")
+    group.addoption("--ipc-jitter", dest="ipc_jitter", default=None, metavar="LEVEL",
+                    help="race amplification in ipc_race runs: off, low, high or a probability (default low).")
+    group.addoption("--ipc-report", dest="ipc_report", default=None, metavar="PATH",
+                    help="write the race report of the session as JSON to PATH.")
+    parser.addini("ipc_start_method", "default start method of the IPC fixtures", default="")
+    parser.addini("ipc_timeout", "default timeout in seconds of the IPC fixtures", default="")
+    parser.addini("ipc_runs", "default number of runs of an ipc_race test", default="")
+    parser.addini("ipc_budget", "default time budget in seconds of an ipc_race test", default="")
+    parser.addini("ipc_seed", "session seed of pytest-ipc", default="")
+    parser.addini("ipc_jitter", "race amplification level: off, low, high or a probability", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    workerinput = getattr(config, "workerinput", None)
+    cfg = settings_mod.from_config(config)
+    if workerinput is not None and "ipc_seed" in workerinput:
+        # Every xdist worker uses the controller's seed, so runs replay anywhere.
+        cfg = settings_mod.Settings(**{**cfg.__dict__, "seed": workerinput["ipc_seed"]})
+    config.stash[state.settings_key] = cfg
+    if workerinput is None:
+        from pytest_ipc.report import RaceReporter
+
+        config.pluginmanager.register(RaceReporter(config, cfg.seed, cfg.report_path), "pytest_ipc.report")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(), "pytest_ipc.xdist")
+
+
+class XdistHooks:
+    """Hooks that only exist when pytest-xdist is installed."""
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["ipc_seed"] = state.settings(node.config).seed
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    cfg = state.settings(config)
+    method = cfg.start_method or f"{multiprocessing.get_all_start_methods()[0]} (platform default)"
+    return (
+        f"pytest-ipc: seed {cfg.seed}, start method {method}, timeout {cfg.timeout:g}s, "
+        f"runs {cfg.runs}, jitter {cfg.jitter:g}"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    node = metafunc.definition
+    try:
+        _validate_marks(node)
+        methods = _methods_to_parametrize(metafunc)
+    except settings_mod.SettingError as exc:
+        pytest.fail(f"pytest-ipc: {exc}", pytrace=False)
+    if methods:
+        available = multiprocessing.get_all_start_methods()
+        params = [
+            pytest.param(m, id=m, marks=() if m in available else pytest.mark.skip(
+                reason=f"start method {m!r} is not available on this platform"))
+            for m in methods
+        ]
+        metafunc.parametrize("ipc_start_method", params)
+
+
+def _validate_marks(node: pytest.Item) -> None:
+    race = node.get_closest_marker("ipc_race")
+    if race is not None:
+        settings_mod.race_spec(race, node.nodeid)
+    timeout = node.get_closest_marker("ipc_timeout")
+    if timeout is not None:
+        settings_mod.timeout_mark(timeout, node.nodeid)
+
+
+def _methods_to_parametrize(metafunc: pytest.Metafunc) -> tuple[str, ...]:
+    node = metafunc.definition
+    mark = node.get_closest_marker("ipc_start_methods")
+    uses_ipc = "ipc_start_method" in metafunc.fixturenames
+    if mark is not None:
+        methods = settings_mod.start_methods_mark(mark, node.nodeid)
+        if not uses_ipc:
+            raise settings_mod.SettingError(
+                f"{node.nodeid}: @pytest.mark.ipc_start_methods needs the test to use a pytest-ipc "
+                "fixture (ipc_context, shared_value, ipc_workers, ...)"
+            )
+        return methods
+    if uses_ipc and state.settings(metafunc.config).start_method == "all":
+        return settings_mod.START_METHODS
+    return ()
+
+
+def _is_race(item: pytest.Item) -> bool:
+    return item.get_closest_marker("ipc_race") is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    if not _is_race(item) or item.config.getoption("setuponly") or item.config.getoption("setupplan"):
+        return None
+    from pytest_ipc.race import run_race
+
+    run_race(item, nextitem)
+    return True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    result = yield
+    run = item.stash.get(state.run_key, None)
+    if run is not None and _is_race(item):
+        run.auto_total = _auto_total(item)
+    return result
+
+
+def _auto_total(item: pytest.Item) -> Any:
+    """The automatic outcome of a run: the shared value's or array's contents."""
+    funcargs = getattr(item, "funcargs", None) or {}
+    if "shared_value" in funcargs:
+        return funcargs["shared_value"].value
+    if "shared_array" in funcargs:
+        return tuple(funcargs["shared_array"][:])
+    return None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if call.when == "call":
+        item.stash[state.call_failed_key] = call.excinfo is not None
+    race = item.stash.get(state.race_key, None)
+    if race is not None and not race.finalizing:
+        race.phase_excinfo[call.when] = call.excinfo
+    return report

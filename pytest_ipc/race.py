@@ -1,0 +1,270 @@
+"""The ``ipc_race`` runner: many runs of one test, one verdict.
+
+Each run is a full setup/call/teardown of the item with fresh
+function-scoped fixtures; higher-scoped fixtures stay set up between runs
+(each run's teardown only goes down to the item's parent).  Per-run reports
+are not logged; one set of setup/call/teardown reports carries the verdict,
+so one test id gives one result line and ``-x``, ``--lf`` and xfail work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from _pytest.runner import CallInfo, runtestprotocol
+
+from pytest_ipc import settings as settings_mod
+from pytest_ipc import state
+from pytest_ipc.errors import RaceDetected, RunsFailed, UnexpectedOutcome
+
+@dataclass
+class RunRecord:
+    index: int
+    seed: int
+    outcome: Any = None
+    failed: bool = False
+    failure: str = ""  # "AssertionError" etc., for the histogram
+    auto: bool = False  # the outcome is the automatic total, not ipc_outcome.record()
+    reports: list[pytest.TestReport] = field(default_factory=list)
+
+
+@dataclass
+class RaceRun:
+    """What the makereport hook needs to know while an ipc_race test runs."""
+
+    finalizing: bool = False
+    phase_excinfo: dict[str, Any] = field(default_factory=dict)
+
+
+def histogram_label(record: RunRecord) -> str:
+    if record.failed:
+        return f"failed ({record.failure})"
+    return state.safe_repr(record.outcome)
+
+
+def histogram(records: list[RunRecord]) -> list[tuple[str, int]]:
+    counts = Counter(histogram_label(r) for r in records)
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def format_histogram(rows: list[tuple[str, int]], label: str) -> str:
+    width = max([len(label)] + [len(k) for k, _ in rows])
+    lines = [f"  {label:>{width}}   runs"]
+    lines += [f"  {k:>{width}}   {n:>4}" for k, n in rows]
+    return "\n".join(lines)
+
+
+def _expected(spec: settings_mod.RaceSpec, value: Any) -> bool:
+    if isinstance(spec.expect, (list, set, frozenset)):
+        return value in spec.expect
+    return bool(value == spec.expect)
+
+
+def _rerun_line(item: pytest.Item, cfg: settings_mod.Settings, method: str | None, jitter: float) -> str:
+    parts = ["pytest", f'"{item.nodeid}"']
+    if any(p in ("pytest_ipc", "pytest_ipc.plugin") for p in (item.config.getoption("plugins") or [])):
+        parts.insert(1, "-p pytest_ipc")
+    parts.append(f"--ipc-seed={cfg.seed}")
+    callspec = getattr(item, "callspec", None)
+    if method and not (callspec and "ipc_start_method" in callspec.params):
+        parts.append(f"--ipc-start-method={method}")
+    if jitter != cfg.jitter or item.config.getoption("ipc_jitter") is not None:
+        parts.append(f"--ipc-jitter={jitter:g}")
+    return " ".join(parts)
+
+
+def _start_method(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec and "ipc_start_method" in callspec.params:
+        return str(callspec.params["ipc_start_method"])
+    if "ipc_start_method" in getattr(item, "fixturenames", ()):
+        from pytest_ipc.fixtures import platform_default_start_method
+
+        method = state.settings(item.config).start_method
+        return method if method not in (None, "all") else platform_default_start_method()
+    return None
+
+
+def _jitter_name(jitter: float) -> str:
+    for name, value in settings_mod.JITTER_LEVELS.items():
+        if value == jitter:
+            return name
+    return f"{jitter:g}"
+
+
+def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Run ``item`` as an ipc_race test and log one set of reports."""
+    cfg = state.settings(item.config)
+    mark = item.get_closest_marker("ipc_race")
+    assert mark is not None
+    spec = settings_mod.race_spec(mark, item.nodeid)  # validated at collection already
+    runs = spec.runs or cfg.runs
+    budget = spec.budget if spec.budget is not None else (None if spec.runs else cfg.budget)
+    jitter = spec.jitter if spec.jitter is not None else cfg.jitter
+
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    race = RaceRun()
+    item.stash[state.race_key] = race
+    records: list[RunRecord] = []
+    started = time.monotonic()
+    parent = item.parent
+    interrupted = False
+    try:
+        for index in range(runs):
+            if index and budget is not None and time.monotonic() - started >= budget:
+                break
+            record = RunRecord(index, state.derive_seed(cfg.seed, item.nodeid, index))
+            item.stash[state.run_key] = state.RunState(index, record.seed, jitter)
+            item.stash[state.call_failed_key] = False
+            item._report_sections = []  # type: ignore[attr-defined]  # captured output of this run only
+            race.phase_excinfo = {}
+            record.reports = runtestprotocol(item, log=False, nextitem=parent)  # type: ignore[arg-type]
+            _score(record, race, item)
+            records.append(record)
+            if _stop_early(record, index):
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        duration = time.monotonic() - started
+        final_teardown = CallInfo.from_call(
+            lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown"
+        )
+        if not interrupted:
+            _log_verdict(item, race, records, spec, cfg, jitter, duration, final_teardown)
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        del item.stash[state.race_key]
+
+
+def _score(record: RunRecord, race: RaceRun, item: pytest.Item) -> None:
+    for when in ("setup", "call", "teardown"):
+        excinfo = race.phase_excinfo.get(when)
+        if excinfo is not None and not isinstance(excinfo.value, pytest.skip.Exception):
+            record.failed = True
+            record.failure = excinfo.typename if when == "call" else f"{excinfo.typename} in {when}"
+            return
+    run = item.stash[state.run_key]
+    if run.outcome.recorded:
+        record.outcome = run.outcome.value
+    else:
+        record.outcome = run.auto_total
+        record.auto = True
+
+
+def _stop_early(record: RunRecord, index: int) -> bool:
+    """The first run was skipped or could not set up: report it as it is, once."""
+    if index != 0:
+        return False
+    setup = record.reports[0]
+    return not setup.passed or any(r.skipped for r in record.reports)
+
+
+def _verdict(
+    records: list[RunRecord], spec: settings_mod.RaceSpec, header_tail: str, label: str, rerun: str
+) -> BaseException | None:
+    n = len(records)
+    rows = histogram(records)
+    table = format_histogram(rows, label)
+    failed = [r for r in records if r.failed]
+    if failed:
+        first = failed[0]
+        call = next((r for r in first.reports if r.failed), None)
+        detail = str(call.longrepr) if call is not None and call.longrepr is not None else first.failure
+        msg = (
+            f"failed in {len(failed)} of {n} runs ({header_tail})\n{table}\n"
+            f"first failure (run {first.index}, seed {first.seed}):\n{detail}\nrerun: {rerun}"
+        )
+        # Runs that all fail are a plain bug; runs that sometimes fail disagree: a race.
+        return RunsFailed(msg) if len(failed) == n else RaceDetected(msg)
+    if len(rows) > 1:
+        what = "totals" if label == "total" else "outcomes"
+        return RaceDetected(f"{what} differ across {n} runs ({header_tail})\n{table}\nrerun: {rerun}")
+    if spec.has_expect:
+        bad = [r for r in records if not _expected(spec, r.outcome)]
+        if bad:
+            return UnexpectedOutcome(
+                f"outcome {state.safe_repr(bad[0].outcome)} of all {n} runs is not the expected "
+                f"{state.safe_repr(spec.expect)} ({header_tail})\n{table}\nrerun: {rerun}"
+            )
+    return None
+
+
+def race_data(
+    item: pytest.Item, records: list[RunRecord], verdict: BaseException | None, method: str | None,
+    seed: int, jitter: float, duration: float, label: str,
+) -> dict[str, Any]:
+    """The plain-value facts of one race test, as they travel on the report (xdist) and into JSON."""
+    if verdict is None:
+        name = "passed"
+    elif isinstance(verdict, RaceDetected):
+        name = "race"
+    elif isinstance(verdict, UnexpectedOutcome):
+        name = "unexpected"
+    else:
+        name = "failed"
+    return {
+        "nodeid": item.nodeid,
+        "runs": len(records),
+        "failed_runs": sum(r.failed for r in records),
+        "distinct": len({histogram_label(r) for r in records}),
+        "histogram": [[k, n] for k, n in histogram(records)],
+        "label": label,
+        "verdict": name,
+        "start_method": method,
+        "seed": seed,
+        "jitter": jitter,
+        "duration": round(duration, 4),
+    }
+
+
+def _log_verdict(
+    item: pytest.Item, race: RaceRun, records: list[RunRecord], spec: settings_mod.RaceSpec,
+    cfg: settings_mod.Settings, jitter: float, duration: float, final_teardown: CallInfo[None],
+) -> None:
+    if not records:
+        return
+    hook = item.ihook
+    first = records[0]
+    if _stop_early(first, 0):
+        # A skip or a setup error: report the first run exactly as pytest would.
+        for rep in first.reports[:-1]:
+            hook.pytest_runtest_logreport(report=rep)
+        _log_teardown(item, race, first.reports[-1], final_teardown)
+        return
+    method = _start_method(item)
+    label = "total" if all(r.auto for r in records if not r.failed) else "outcome"
+    header_tail = f"start method {method}, seed {cfg.seed}, jitter {_jitter_name(jitter)}"
+    rerun = _rerun_line(item, cfg, method, jitter)
+    verdict = _verdict(records, spec, header_tail, label, rerun)
+
+    data = race_data(item, records, verdict, method, cfg.seed, jitter, duration, label)
+    item.user_properties.extend(
+        [("ipc_runs", data["runs"]), ("ipc_distinct_outcomes", data["distinct"]),
+         ("ipc_seed", cfg.seed), ("ipc_verdict", data["verdict"])]
+    )
+
+    def raise_verdict() -> None:
+        if verdict is not None:
+            raise verdict
+
+    race.finalizing = True
+    call = CallInfo.from_call(raise_verdict, when="call")
+    call_report = hook.pytest_runtest_makereport(item=item, call=call)
+    call_report.duration = duration
+    call_report.ipc_race = data
+    hook.pytest_runtest_logreport(report=first.reports[0])
+    hook.pytest_runtest_logreport(report=call_report)
+    _log_teardown(item, race, records[-1].reports[-1], final_teardown)
+
+
+def _log_teardown(item: pytest.Item, race: RaceRun, last: pytest.TestReport, final: CallInfo[None]) -> None:
+    """Log the last run's teardown report, or the final teardown's error if there was one."""
+    race.finalizing = True
+    if final.excinfo is not None:
+        last = item.ihook.pytest_runtest_makereport(item=item, call=final)
+    item.ihook.pytest_runtest_logreport(report=last)

@@ -1,0 +1,230 @@
+"""Reading and validating every knob: command-line options, ini keys and markers.
+
+Each parser takes the raw value and a description of where it came from, and
+raises :class:`pytest.UsageError` (options, ini) or a collection failure
+(markers) that names both.  Nothing here starts processes or imports
+``multiprocessing``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+
+START_METHODS = ("fork", "spawn", "forkserver")
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RUNS = 50
+DEFAULT_BUDGET = 20.0
+
+# Amplification levels: the probability that a worker yields at a preemption point.
+JITTER_LEVELS = {"off": 0.0, "low": 0.05, "high": 0.25}
+DEFAULT_JITTER = "off"
+
+MAX_SEED = 2**32 - 1
+
+
+class SettingError(ValueError):
+    """A bad value; the message names the value and where it came from."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The session-wide settings, validated once in ``pytest_configure``."""
+
+    start_method: str | None  # None: platform default; "all": every available method
+    timeout: float
+    runs: int
+    budget: float | None
+    seed: int
+    jitter: float
+    report_path: str | None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def positive_seconds(value: Any, where: str) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise SettingError(f"{where}: expected a number of seconds, got {value!r}") from None
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise SettingError(f"{where}: expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def positive_int(value: Any, where: str, limit: int = 10**9) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise SettingError(f"{where}: expected a positive whole number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingError(f"{where}: expected a positive whole number, got {value!r}")
+    if value > limit:
+        raise SettingError(f"{where}: {value!r} is more than the limit of {limit}")
+    return value
+
+
+def seed_value(value: Any, where: str) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise SettingError(f"{where}: expected a whole number from 0 to {MAX_SEED}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise SettingError(f"{where}: expected a whole number from 0 to {MAX_SEED}, got {value!r}")
+    return value
+
+
+def start_method(value: Any, where: str, allow_all: bool = True) -> str:
+    choices = START_METHODS + (("all",) if allow_all else ())
+    if not isinstance(value, str) or value.strip() not in choices:
+        raise SettingError(f"{where}: expected one of {', '.join(choices)}; got {value!r}")
+    return value.strip()
+
+
+def jitter(value: Any, where: str) -> float:
+    """``off``/``low``/``high`` or a probability in [0, 1]."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in JITTER_LEVELS:
+            return JITTER_LEVELS[text]
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingError(
+                f"{where}: expected off, low, high or a probability from 0 to 1, got {value!r}"
+            ) from None
+    if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise SettingError(f"{where}: expected off, low, high or a probability from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _from(config: pytest.Config, option: str, ini: str) -> tuple[Any, str] | None:
+    """The raw value of a setting and where it came from: the option, else the ini key."""
+    value = config.getoption(option.lstrip("-").replace("-", "_"))
+    if value is not None:
+        return value, f"{option}={value}"
+    raw = config.getini(ini)
+    if raw not in (None, ""):
+        source = config.inipath.name if config.inipath else "ini file"
+        return raw, f"ini key {ini} = {raw!r} in {source}"
+    return None
+
+
+def _read(config: pytest.Config, option: str, ini: str, parse: Callable[[Any, str], Any], default: Any) -> Any:
+    found = _from(config, option, ini)
+    if found is None:
+        return default
+    return parse(*found)
+
+
+def from_config(config: pytest.Config) -> Settings:
+    """Validate every option and ini key; raise :class:`pytest.UsageError` naming the bad one."""
+    try:
+        seed = _read(config, "--ipc-seed", "ipc_seed", seed_value, None)
+        if seed is None:
+            seed = random.SystemRandom().randint(0, 99_999)
+        budget_found = _from(config, "--ipc-budget", "ipc_budget")
+        budget: float | None = DEFAULT_BUDGET
+        if budget_found is not None:
+            raw, where = budget_found
+            budget = None if str(raw).strip().lower() == "none" else positive_seconds(raw, where)
+        return Settings(
+            start_method=_read(config, "--ipc-start-method", "ipc_start_method", start_method, None),
+            timeout=_read(config, "--ipc-timeout", "ipc_timeout", positive_seconds, DEFAULT_TIMEOUT),
+            runs=_read(config, "--ipc-runs", "ipc_runs", positive_int, DEFAULT_RUNS),
+            budget=budget,
+            seed=seed,
+            jitter=_read(config, "--ipc-jitter", "ipc_jitter", jitter, JITTER_LEVELS[DEFAULT_JITTER]),
+            report_path=config.getoption("ipc_report"),
+        )
+    except SettingError as exc:
+        raise pytest.UsageError(f"pytest-ipc: {exc}") from None
+
+
+# -- markers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RaceSpec:
+    runs: int | None
+    budget: float | None
+    expect: Any
+    jitter: float | None
+    has_expect: bool
+
+
+_NO_EXPECT = object()
+
+
+def _race_signature(runs: Any = None, budget: Any = None, expect: Any = _NO_EXPECT, jitter: Any = None) -> None:
+    """The signature of ``@pytest.mark.ipc_race``."""
+
+
+def _bind(signature_of: Callable[..., None], mark: pytest.Mark, where: str) -> inspect.BoundArguments:
+    try:
+        bound = inspect.signature(signature_of).bind(*mark.args, **mark.kwargs)
+    except TypeError as exc:
+        params = ", ".join(inspect.signature(signature_of).parameters)
+        raise SettingError(f"{where}: {exc} (it takes: {params})") from None
+    bound.apply_defaults()
+    return bound
+
+
+def _mark_text(mark: pytest.Mark) -> str:
+    parts = [repr(a) for a in mark.args] + [f"{k}={v!r}" for k, v in mark.kwargs.items()]
+    return f"@pytest.mark.{mark.name}({', '.join(parts)})"
+
+
+def race_spec(mark: pytest.Mark, nodeid: str) -> RaceSpec:
+    where = f"{nodeid}: {_mark_text(mark)}"
+    args = _bind(_race_signature, mark, where).arguments
+    runs = None if args["runs"] is None else positive_int(args["runs"], f"{where}: runs")
+    budget = None if args["budget"] is None else positive_seconds(args["budget"], f"{where}: budget")
+    jit = None if args["jitter"] is None else jitter(args["jitter"], f"{where}: jitter")
+    expect = args["expect"]
+    has_expect = expect is not _NO_EXPECT
+    if has_expect:
+        try:
+            hash(expect)
+        except TypeError:
+            if not isinstance(expect, (list, set, frozenset, tuple)):
+                raise SettingError(
+                    f"{where}: expect must be a value or a list/set of acceptable values, got {expect!r}"
+                ) from None
+    return RaceSpec(runs=runs, budget=budget, expect=expect if has_expect else None,
+                    jitter=jit, has_expect=has_expect)
+
+
+def _timeout_signature(seconds: Any) -> None:
+    """The signature of ``@pytest.mark.ipc_timeout``."""
+
+
+def timeout_mark(mark: pytest.Mark, nodeid: str) -> float:
+    where = f"{nodeid}: {_mark_text(mark)}"
+    return positive_seconds(_bind(_timeout_signature, mark, where).arguments["seconds"], where)
+
+
+def start_methods_mark(mark: pytest.Mark, nodeid: str) -> tuple[str, ...]:
+    where = f"{nodeid}: {_mark_text(mark)}"
+    if mark.kwargs:
+        raise SettingError(f"{where}: takes start method names only, not keywords {sorted(mark.kwargs)}")
+    if not mark.args:
+        raise SettingError(f"{where}: name at least one of {', '.join(START_METHODS)}")
+    methods = []
+    for arg in mark.args:
+        method = start_method(arg, where, allow_all=True)
+        for m in START_METHODS if method == "all" else (method,):
+            if m not in methods:
+                methods.append(m)
+    return tuple(methods)

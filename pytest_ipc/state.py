@@ -1,0 +1,97 @@
+"""Per-session and per-item state, kept in pytest's stashes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_ipc.settings import Settings, timeout_mark
+
+settings_key = pytest.StashKey[Settings]()
+run_key = pytest.StashKey["RunState"]()
+call_failed_key = pytest.StashKey[bool]()
+timeout_key = pytest.StashKey[float]()
+race_key = pytest.StashKey[Any]()  # a race.RaceRun while an ipc_race test runs
+
+
+def settings(config: pytest.Config) -> Settings:
+    return config.stash[settings_key]
+
+
+def derive_seed(session_seed: int, nodeid: str, run: int) -> int:
+    """The seed of run ``run`` of test ``nodeid``: the same in every process and Python."""
+    digest = hashlib.blake2b(f"{session_seed}\0{nodeid}\0{run}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+class UnhashableOutcome(TypeError):
+    pass
+
+
+@dataclass
+class Outcome:
+    """What one run of an ``ipc_race`` test recorded as its result."""
+
+    recorded: bool = False
+    value: Any = None
+
+    def record(self, value: Any) -> None:
+        """Record ``value`` (hashable: a number, string, tuple...) as this run's outcome."""
+        __tracebackhide__ = True
+        try:
+            hash(value)
+        except TypeError:
+            raise UnhashableOutcome(
+                f"ipc_outcome.record(): the outcome must be hashable so that runs can be compared; "
+                f"got {type(value).__name__} {_safe_repr(value)} (record a tuple instead of a list, "
+                "a frozenset instead of a set)"
+            ) from None
+        self.value = value
+        self.recorded = True
+
+
+def _safe_repr(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # a raising __repr__ must not break the report
+        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+safe_repr = _safe_repr
+
+
+@dataclass
+class RunState:
+    """One run of a test: its index, seed, amplification and recorded outcome."""
+
+    index: int
+    seed: int
+    jitter: float
+    outcome: Outcome = field(default_factory=Outcome)
+    auto_total: Any = None  # shared_value / shared_array contents after the call
+
+
+def current_run(item: pytest.Item) -> RunState:
+    run = item.stash.get(run_key, None)
+    if run is None:
+        # Not an ipc_race test: one run, seeded like run 0, no amplification.
+        run = RunState(0, derive_seed(settings(item.config).seed, item.nodeid, 0), 0.0)
+        item.stash[run_key] = run
+    return run
+
+
+def item_timeout(item: pytest.Item) -> float:
+    cached = item.stash.get(timeout_key, None)
+    if cached is None:
+        mark = item.get_closest_marker("ipc_timeout")
+        cached = timeout_mark(mark, item.nodeid) if mark else settings(item.config).timeout
+        item.stash[timeout_key] = cached
+    return cached
+
+
+def call_failed(item: pytest.Item) -> bool:
+    return item.stash.get(call_failed_key, False)
