@@ -54,7 +54,13 @@ def ipc_context(ipc_start_method: str) -> Any:
     """The ``multiprocessing`` context of the test's start method (skipped if unavailable)."""
     if ipc_start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"start method {ipc_start_method!r} is not available on this platform")
-    return multiprocessing.get_context(ipc_start_method)
+    ctx = multiprocessing.get_context(ipc_start_method)
+    if ipc_start_method == "forkserver":
+        # Worker targets usually live in test modules, which import pytest.
+        # Preloading it in the fork server (before it starts; later calls are
+        # no-ops) saves every worker that import: ~10x faster starts.
+        ctx.set_forkserver_preload(["pytest", "pytest_ipc._child", "pytest_ipc._amplify"])
+    return ctx
 
 
 def _value_args(request: pytest.FixtureRequest, default: tuple[Any, ...]) -> tuple[str, Any, bool]:

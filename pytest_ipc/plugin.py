@@ -152,10 +152,21 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    result = yield
     run = item.stash.get(state.run_key, None)
-    if run is not None and _is_race(item):
-        run.auto_total = _auto_total(item)
+    if run is None or not _is_race(item):
+        return (yield)
+    amplify = None
+    if run.jitter > 0:
+        from pytest_ipc import _amplify as amplify
+
+        # Processes the test starts itself, not through ipc_workers, are amplified too.
+        amplify.hand_on(run.seed, run.jitter)
+    try:
+        result = yield
+    finally:
+        if amplify is not None:
+            amplify.deactivate()
+    run.auto_total = _auto_total(item)
     return result
 
 

@@ -9,6 +9,7 @@ so one test id gives one result line and ``-x``, ``--lf`` and xfail work.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -77,16 +78,17 @@ def _rerun_line(item: pytest.Item, cfg: settings_mod.Settings, method: str | Non
     return " ".join(parts)
 
 
-def _start_method(item: pytest.Item) -> str | None:
+def _start_method(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
     if callspec and "ipc_start_method" in callspec.params:
         return str(callspec.params["ipc_start_method"])
-    if "ipc_start_method" in getattr(item, "fixturenames", ()):
-        from pytest_ipc.fixtures import platform_default_start_method
+    from pytest_ipc.fixtures import platform_default_start_method
 
-        method = state.settings(item.config).start_method
-        return method if method not in (None, "all") else platform_default_start_method()
-    return None
+    method = state.settings(item.config).start_method
+    if method not in (None, "all") and "ipc_start_method" in getattr(item, "fixturenames", ()):
+        return method
+    # Processes the test starts itself use multiprocessing's default context.
+    return multiprocessing.get_start_method(allow_none=True) or platform_default_start_method()
 
 
 def _jitter_name(jitter: float) -> str:

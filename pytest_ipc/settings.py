@@ -24,7 +24,7 @@ DEFAULT_BUDGET = 20.0
 
 # Amplification levels: the probability that a worker yields at a preemption point.
 JITTER_LEVELS = {"off": 0.0, "low": 0.05, "high": 0.25}
-DEFAULT_JITTER = "off"
+DEFAULT_JITTER = "low"
 
 MAX_SEED = 2**32 - 1
 
