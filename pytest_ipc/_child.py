@@ -52,7 +52,7 @@ class ChildSpec:
     index: int
     workdir: str
     ready: Any  # the write end of the group's ready pipe (a Connection)
-    go: Any  # the group's start Event
+    go: Any  # the read end of the group's go pipe (a Connection): the start barrier
     timeout: float
     seed: int
     jitter: float
@@ -75,16 +75,39 @@ def write_result(workdir: str, index: int, result: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _error_result(stage: str, exc: BaseException) -> dict[str, Any]:
+def _is_loader_frame(filename: str) -> bool:
+    return (
+        filename.startswith("<frozen ")
+        or os.path.basename(filename) == "_child.py"
+        or filename.endswith(os.path.join("importlib", "__init__.py"))
+    )
+
+
+def _load_traceback(exc: BaseException, target: Any) -> str:
+    """The traceback of a failed import of the target, without the import machinery."""
+    module = getattr(target, "module", "")
+    missing = getattr(exc, "name", None)
+    if isinstance(exc, ModuleNotFoundError) and missing and (module + ".").startswith(missing + "."):
+        return ""  # the module itself is not there: the message says all
+    te = traceback.TracebackException.from_exception(exc)
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not _is_loader_frame(f.filename)])
+    return "".join(te.format())
+
+
+def _error_result(stage: str, exc: BaseException, target: Any = None) -> dict[str, Any]:
     tb = exc.__traceback__
     if stage == "run" and tb is not None and tb.tb_next is not None:
         tb = tb.tb_next  # start at the target, not at bootstrap()
+    if stage == "load":
+        text = _load_traceback(exc, target)
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
     return {
         "ok": False,
         "stage": stage,
         "exc_type": type(exc).__qualname__,
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+        "traceback": text,
     }
 
 
@@ -102,18 +125,33 @@ def _prepare_process(spec: ChildSpec) -> None:
     faulthandler.enable(file=stack_file, all_threads=True)
 
 
+def _pass_barrier(go: Any, timeout: float) -> bool:
+    """Wait for the parent's go byte: one byte per worker on a shared pipe.
+
+    Not a multiprocessing Event: a worker killed while waiting on one leaves
+    its Condition counting a sleeper that never wakes, and the parent's
+    ``set()`` then blocks forever.  A byte nobody reads harms no one.
+    """
+    try:
+        if not go.poll(timeout):
+            return False
+        return os.read(go.fileno(), 1) == b"g"  # b"" at EOF: the parent gave up
+    finally:
+        go.close()
+
+
 def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """The ``Process`` target of every worker: load, wait at the barrier, run, report."""
     _prepare_process(spec)
     try:
         func = target.resolve() if isinstance(target, TargetRef) else target
     except BaseException as exc:
-        write_result(spec.workdir, spec.index, _error_result("load", exc))
+        write_result(spec.workdir, spec.index, _error_result("load", exc, target))
         raise SystemExit(1) from None
 
     spec.ready.send(spec.index)
     spec.ready.close()
-    if not spec.go.wait(spec.timeout):
+    if not _pass_barrier(spec.go, spec.timeout):
         write_result(
             spec.workdir,
             spec.index,

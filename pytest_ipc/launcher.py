@@ -35,6 +35,9 @@ class Worker:
     name: str
     index: int
     process: Any
+    # Cached at start: the Process object is closed once the worker is
+    # collected (that frees its sentinel fds), after which it has no pid.
+    started_pid: int | None = None
     joined: bool = False
     exitcode: int | None = None
     result: dict[str, Any] | None = None
@@ -45,7 +48,11 @@ class Worker:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid  # type: ignore[no-any-return]
+        return self.started_pid
+
+    def running(self) -> bool:
+        """Started, not yet collected, and not exited."""
+        return not self.joined and self.process.exitcode is None
 
     def label(self) -> str:
         return f"worker {self.name!r} (pid {self.pid})"
@@ -91,11 +98,24 @@ def _read_text(path: str) -> str:
         return ""
 
 
+_MP_BOOTSTRAP = os.path.join("multiprocessing", "process.py") + '", line '
+
+
+def _is_bootstrap_frame(line: str) -> bool:
+    line = line.rstrip()
+    if "_child.py" in line and line.endswith(" in bootstrap"):
+        return True
+    # A worker that hangs after its target returned (flushing a Queue at
+    # exit) has no frame of ours: cut at multiprocessing's own bootstrap.
+    return _MP_BOOTSTRAP in line and line.endswith(" in _bootstrap")
+
+
 def trim_stack(text: str) -> str:
     """A worker's faulthandler dump, without the frames below our bootstrap.
 
     Under fork those frames are the parent's (pytest's own call stack at the
-    moment of the fork): noise that hides the worker's real stack.
+    moment of the fork), under spawn multiprocessing's start-up: noise that
+    hides the worker's real stack.
     """
     out: list[str] = []
     skipping = False
@@ -106,7 +126,7 @@ def trim_stack(text: str) -> str:
             skipping = False
         if skipping:
             continue
-        if "_child.py" in line and line.rstrip().endswith(" in bootstrap"):
+        if _is_bootstrap_frame(line):
             skipping = True
             continue
         out.append(line)
@@ -122,6 +142,17 @@ def _read_result(path: str) -> dict[str, Any] | None:
     except Exception as exc:  # a torn or unloadable result is itself a failure
         return {"ok": False, "stage": "return", "exc_type": type(exc).__qualname__,
                 "message": f"the result file could not be read: {exc}", "traceback": ""}
+
+
+# A process that put items on a multiprocessing Queue waits at exit until its
+# feeder thread has written them all to the pipe: if nobody reads them, forever.
+_QUEUE_EXIT_HANG = "in _finalize_join"
+_QUEUE_EXIT_HINT = (
+    "(it returned from its target but cannot exit: it put items on a multiprocessing "
+    "Queue that nobody has read, and a process waits at exit until its queued data is "
+    "flushed into the pipe. Read the items before join() (fanin_queue.collect() does), "
+    "or call queue.cancel_join_thread() in the worker if losing them is fine.)"
+)
 
 
 def _descendants(pid: int | None) -> list[int]:
@@ -148,7 +179,7 @@ def _kill_pids(pids: Iterable[int]) -> None:
 
 def _wait_exit(workers: Sequence[Worker], deadline: float) -> None:
     """Wait until each worker has exited or ``deadline`` (monotonic) passed."""
-    pending = {w.process.sentinel: w for w in workers if w.process.exitcode is None}
+    pending = {w.process.sentinel: w for w in workers if w.running()}
     while pending:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -183,6 +214,39 @@ def _target_for(target: Callable[..., Any], method: str) -> Any:
     if module and module != "__main__" and "<" not in qualname and getattr(target, "__self__", None) is None:
         return _child.TargetRef(module, qualname)
     return target
+
+
+# How a target that cannot be found by name in the child fails to load.
+_NOT_FOUND = ("ModuleNotFoundError", "ImportError", "AttributeError")
+
+
+def _load_hint(target: Any, method: str) -> str:
+    module = getattr(target, "__module__", None) or "?"
+    return (
+        f"Under {method!r} each worker imports the target's module {module!r} afresh, so it "
+        "must be importable by that name from sys.path in a new interpreter; a module that "
+        "exists only in sys.modules (made at run time, or a test module collected with "
+        "--import-mode=importlib from outside sys.path) is not. Put the target in a module "
+        "on sys.path (for example a helper module beside conftest.py, with the ini option "
+        "pythonpath), or use the fork start method."
+    )
+
+
+def _early_death_hint(method: str) -> str:
+    return (
+        f"It died before any pytest-ipc code ran in it: under {method!r} that most often means "
+        "its target or arguments could not be unpickled in the child (for example an object of "
+        "a class the child cannot import); its stderr, captured with the test, says why. Pass "
+        "module-level functions, plain data and multiprocessing objects, or use the fork start method."
+    )
+
+
+def _cause(worker: Worker) -> str | None:
+    """``describe_exit`` without the leading worker label."""
+    text = describe_exit(worker)
+    if text is None:
+        return None
+    return text[len(worker.label()):].strip()
 
 
 class IpcWorkers:
@@ -242,6 +306,10 @@ class IpcWorkers:
                 f"ipc_workers.start(): args must be a tuple or list, got {args!r}"
                 " (for one argument write args=(x,))"
             )
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise WorkerStartError(f"ipc_workers.start(): kwargs must be a dict, got {kwargs!r}")
+        if name is not None and not isinstance(name, str):
+            raise WorkerStartError(f"ipc_workers.start(): name must be a string, got {name!r}")
         method = self.start_method
         if method != "fork":
             hint = _pickle_hint(target, method)
@@ -250,14 +318,14 @@ class IpcWorkers:
         base = name or getattr(target, "__name__", "worker")
         sent_target = _target_for(target, method)
         ready_r, ready_w = self._ctx.Pipe(duplex=False)
-        go = self._ctx.Event()
+        go_r, go_w = self._ctx.Pipe(duplex=False)
         new: list[Worker] = []
         try:
             for _ in range(count):
                 index = len(self.workers)
                 wname = f"{base}-{index}"
                 spec = _child.ChildSpec(
-                    name=wname, index=index, workdir=self._workdir, ready=ready_w, go=go,
+                    name=wname, index=index, workdir=self._workdir, ready=ready_w, go=go_r,
                     timeout=self.timeout, seed=self.seed, jitter=self.jitter,
                 )
                 proc = self._ctx.Process(
@@ -269,17 +337,20 @@ class IpcWorkers:
                     proc.start()
                 except Exception as exc:
                     raise WorkerStartError(self._start_failure(worker, target, exc)) from None
+                worker.started_pid = proc.pid
                 self.workers.append(worker)
                 new.append(worker)
+            # Only the children hold the write end now: once they have all
+            # sent (or died) the read end sees EOF.
             ready_w.close()
-            self._await_ready(new, ready_r)
+            self._await_ready(new, ready_r, target)
+            _release(go_w, len(new))
         except BaseException:
             self._abort(new)
             raise
         finally:
-            ready_w.close()
-            ready_r.close()
-        go.set()
+            for conn in (ready_w, ready_r, go_r, go_w):
+                conn.close()
         return new
 
     def _start_failure(self, worker: Worker, target: Any, exc: BaseException) -> str:
@@ -292,30 +363,46 @@ class IpcWorkers:
             "fine), or the fork start method."
         )
 
-    def _await_ready(self, new: list[Worker], ready_r: Any) -> None:
+    def _await_ready(self, new: list[Worker], ready_r: Any, target: Any) -> None:
         __tracebackhide__ = True
         deadline = time.monotonic() + self.timeout
         waiting = {w.index: w for w in new}
+        eof = False
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._hang(list(waiting.values()), new, f"did not reach the start barrier within {self.timeout:g}s")
             sentinels = {w.process.sentinel: w for w in waiting.values()}
-            for ready in wait([ready_r, *sentinels], timeout=remaining):
-                if ready is ready_r:
-                    try:
-                        waiting.pop(ready_r.recv(), None)
-                    except EOFError:
-                        pass
-                elif ready in sentinels and sentinels[ready].index in waiting:
-                    dead = sentinels[ready]
-                    # It may have signalled and exited at once; drain first.
-                    while ready_r.poll():
-                        waiting.pop(ready_r.recv(), None)
-                    if dead.index in waiting:
-                        self._collect(dead)
-                        self._abort([w for w in new if w is not dead])
-                        raise WorkerFailed(self._failure_text([dead], "before reaching the start barrier"))
+            # At EOF the read end stays readable: waiting on it again would spin.
+            handles = list(sentinels) if eof else [ready_r, *sentinels]
+            ready = wait(handles, timeout=remaining)
+            if not eof and ready_r in ready:
+                eof = _drain_ready(ready_r, waiting)
+            dead = [sentinels[h] for h in ready if h is not ready_r and h in sentinels]
+            if not dead:
+                continue
+            # A worker may have signalled and exited at once: drain first.
+            if not eof:
+                eof = _drain_ready(ready_r, waiting)
+            dead = [w for w in dead if w.index in waiting]
+            if dead:
+                for w in dead:
+                    self._collect(w)
+                self._abort(new)
+                raise self._early_death(dead, new, target)
+
+    def _early_death(self, dead: list[Worker], group: list[Worker], target: Any) -> WorkerError:
+        method = self.start_method
+        loads = [w.result or {} for w in dead if (w.result or {}).get("stage") == "load"]
+        if loads:
+            text = self._failure_text(dead, "", group)
+            if method != "fork" and any(r.get("exc_type") in _NOT_FOUND for r in loads):
+                text += "\n" + _load_hint(target, method)
+            return WorkerStartError(text)
+        text = self._failure_text(dead, "before reaching the start barrier", group)
+        if method != "fork" and any(w.result is None and (w.exitcode or 0) > 0 for w in dead):
+            return WorkerStartError(text + "\n" + _early_death_hint(method))
+        return WorkerFailed(text)
 
     # -- joining ----------------------------------------------------------
 
@@ -326,29 +413,36 @@ class IpcWorkers:
         was killed (the others are then ended at once rather than waited
         for), and :class:`WorkerTimeout`, with the stacks of the workers
         still running, if they did not all finish within ``timeout`` seconds
-        (default: the test's ``ipc_timeout``).
+        (default: the test's ``ipc_timeout``).  Only workers not joined
+        before are waited for and reported.
         """
         __tracebackhide__ = True
         limit = self.timeout if timeout is None else timeout
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
             raise WorkerError(f"ipc_workers.join(): timeout must be a positive number of seconds, got {timeout!r}")
         deadline = time.monotonic() + limit
-        pending = {w.process.sentinel: w for w in self.workers if not w.joined}
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                still = list(pending.values())
-                self._hang(still, self.workers, f"still running after the {limit:g}s timeout")
-            for sentinel in wait(list(pending), timeout=remaining):
-                worker = pending.pop(sentinel)  # type: ignore[call-overload]
-                self._collect(worker)
-                if describe_exit(worker) is not None:
-                    self._fail_fast(list(pending.values()))
-                    pending.clear()
-                    break
-        failed = [w for w in self.workers if describe_exit(w) is not None]
+        group = [w for w in self.workers if not w.joined]
+        pending = {w.process.sentinel: w for w in group}
+        try:
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._hang(list(pending.values()), group, f"still running after the {limit:g}s timeout")
+                for sentinel in wait(list(pending), timeout=remaining):
+                    worker = pending.pop(sentinel)  # type: ignore[call-overload]
+                    self._collect(worker)
+                    if describe_exit(worker) is not None:
+                        self._fail_fast(list(pending.values()))
+                        pending.clear()
+                        break
+        except BaseException:
+            # Interrupted (Ctrl-C) or broken: end the rest now rather than at
+            # teardown, so nothing keeps running while pytest shuts down.
+            self._abort(group)
+            raise
+        failed = [w for w in group if describe_exit(w) is not None]
         if failed:
-            raise WorkerFailed(self._failure_text(failed, ""))
+            raise WorkerFailed(self._failure_text(failed, "", group))
         return [(w.result or {}).get("value") for w in self.workers]
 
     def _collect(self, worker: Worker) -> None:
@@ -356,6 +450,10 @@ class IpcWorkers:
         worker.exitcode = worker.process.exitcode
         worker.result = _read_result(_child.result_path(self._workdir, worker.index))
         worker.joined = True
+        if worker.exitcode is not None:
+            # Frees the sentinel fd(s) now: a test that starts and joins in a
+            # loop must not run out of file descriptors before teardown.
+            worker.process.close()
 
     def _fail_fast(self, others: list[Worker]) -> None:
         """A worker failed: end the rest now instead of waiting out the timeout."""
@@ -363,7 +461,7 @@ class IpcWorkers:
 
     def _abort(self, workers: Sequence[Worker]) -> None:
         """End and reap ``workers``; those we had to end are marked as not at fault."""
-        running = [w for w in workers if not w.joined and w.process.exitcode is None]
+        running = [w for w in workers if w.running()]
         self._end(workers)
         for w in workers:
             if not w.joined:
@@ -384,8 +482,11 @@ class IpcWorkers:
         _wait_exit(hung, time.monotonic() + ABORT_GRACE)
         stacks = []
         for w in hung:
-            text = trim_stack(_read_text(_child.stack_path(self._workdir, w.index)))
-            stacks.append(f"--- stack of {w.label()} ---\n{text or '(no stack: it did not answer SIGABRT)'}")
+            raw = _read_text(_child.stack_path(self._workdir, w.index))
+            text = trim_stack(raw) or "(no stack: it did not answer SIGABRT, or had not started pytest-ipc's code yet)"
+            if _QUEUE_EXIT_HANG in raw:
+                text += "\n" + _QUEUE_EXIT_HINT
+            stacks.append(f"--- stack of {w.label()} ---\n{text}")
         self._end(group)
         for w in group:
             if not w.joined:
@@ -393,7 +494,7 @@ class IpcWorkers:
         names = ", ".join(w.label() for w in hung)
         raise WorkerTimeout(f"{names} {why}; ended them.\n" + "\n".join(stacks))
 
-    def _failure_text(self, failed: list[Worker], when: str) -> str:
+    def _failure_text(self, failed: list[Worker], when: str, group: Sequence[Worker]) -> str:
         lines = []
         for w in failed:
             line = describe_exit(w) or f"{w.label()} failed"
@@ -409,7 +510,7 @@ class IpcWorkers:
                 if text:
                     lines.append(f"--- stack of {w.name!r} when it crashed ---")
                     lines.append(text)
-        ended = [w.name for w in self.workers if w.stopped_early]
+        ended = [w.name for w in group if w.stopped_early]
         if ended:
             lines.append(f"(ended the other workers, which were still running: {', '.join(ended)})")
         return "\n".join(lines)
@@ -417,14 +518,14 @@ class IpcWorkers:
     # -- ending -----------------------------------------------------------
 
     def _end(self, workers: Sequence[Worker]) -> None:
-        """SIGKILL ``workers`` and their descendants and reap them."""
-        for w in workers:
-            if w.process.exitcode is None and w.pid is not None:
+        """SIGKILL ``workers`` not collected yet, and their descendants, and reap them."""
+        live = [w for w in workers if not w.joined and w.pid is not None]
+        for w in live:
+            if w.process.exitcode is None:
                 w.descendants = w.descendants or _descendants(w.pid)
-                _kill_pids([w.pid])
+                _kill_pids([w.pid])  # type: ignore[list-item]
             _kill_pids(w.descendants)
-        started = [w for w in workers if w.pid is not None]
-        _wait_exit(started, time.monotonic() + KILL_GRACE)
+        _wait_exit(live, time.monotonic() + KILL_GRACE)
 
     def close(self) -> list[str]:
         """End everything still running and clean up; return the complaints.
@@ -436,16 +537,23 @@ class IpcWorkers:
             return []
         self._closed = True
         complaints = []
-        running = [w for w in self.workers if w.process.exitcode is None]
-        for w in self.workers:
+        unjoined = [w for w in self.workers if not w.joined]
+        running = [w for w in unjoined if w.process.exitcode is None]
+        self._end(running)
+        for w in unjoined:
+            if w in running:
+                complaints.append(f"{w.label()} was still running at teardown (ended it); call ipc_workers.join()")
+                continue
+            self._collect(w)
+            cause = _cause(w)
+            complaints.append(
+                f"{w.label()} was never joined (exit code {w.exitcode}"
+                + (f": it {cause}" if cause else "")
+                + "); call ipc_workers.join()"
+            )
+        for w in unjoined:
             if w.joined:
                 continue
-            if w.process.exitcode is None:
-                complaints.append(f"{w.label()} was still running at teardown (ended it); call ipc_workers.join()")
-            else:
-                complaints.append(f"{w.label()} was never joined (exit code {w.process.exitcode}); call ipc_workers.join()")
-        self._end(running)
-        for w in self.workers:
             try:
                 w.process.join(0)
                 w.process.close()
@@ -453,3 +561,20 @@ class IpcWorkers:
                 pass
         shutil.rmtree(self._workdir, ignore_errors=True)
         return complaints
+
+
+def _release(go_w: Any, count: int) -> None:
+    """Open the start barrier: one byte for each worker of the group."""
+    data = memoryview(b"g" * count)
+    while data:
+        data = data[os.write(go_w.fileno(), data):]
+
+
+def _drain_ready(ready_r: Any, waiting: dict[int, Worker]) -> bool:
+    """Take every index sent on the ready pipe off ``waiting``; True at EOF."""
+    try:
+        while ready_r.poll():
+            waiting.pop(ready_r.recv(), None)
+    except (EOFError, OSError):
+        return True
+    return False
