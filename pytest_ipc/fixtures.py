@@ -7,7 +7,7 @@ fixtures, so a session that uses none of them never pays for them.
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, NoReturn
 
 import pytest
 
@@ -31,9 +31,48 @@ def platform_default_start_method() -> str:
     return multiprocessing.get_all_start_methods()[0]
 
 
-def _bad_param(fixture: str, param: Any, why: str) -> None:
+def _bad_param(fixture: str, param: Any, why: str) -> NoReturn:
     __tracebackhide__ = True
     pytest.fail(f"{fixture}: bad indirect parameter {param!r}: {why}", pytrace=False)
+
+
+# The typecodes of multiprocessing.sharedctypes; spelled out so that checking a
+# parameter at collection does not import ctypes.
+TYPECODES = frozenset("cubBhHiIlLqQfd")
+_VALUE_KEYS = ("typecode", "value", "lock")
+_NO_STRING_HINT = (
+    " There is no string typecode: for text use Array('c', b'...') (bytes) or a"
+    " Manager().Value(str, ...)."
+)
+
+
+def param_problem(fixture: str, param: Any) -> str | None:
+    """Why ``param`` cannot configure ``fixture`` through indirect parametrization, or None.
+
+    Used at collection (so a bad parameter is a collection error) and again
+    at set-up (parameters passed by other means).
+    """
+    if fixture == "pipe_pair":
+        return None if isinstance(param, bool) else "expected True (duplex) or False (one-way)"
+    if isinstance(param, dict):
+        unknown = set(param) - set(_VALUE_KEYS)
+        if unknown:
+            return f"unknown keys {sorted(unknown)} (use {', '.join(_VALUE_KEYS)})"
+        if not isinstance(param.get("lock", True), bool):
+            return f"lock must be True or False, got {param['lock']!r}"
+        typecode = param.get("typecode", "i")
+    elif isinstance(param, str):
+        typecode = param
+    elif isinstance(param, tuple) and len(param) == 2:
+        typecode = param[0]
+    else:
+        return "expected a typecode, a (typecode, value) tuple, or a dict with typecode, value, lock"
+    if isinstance(typecode, str) and typecode not in TYPECODES:
+        hint = _NO_STRING_HINT if typecode == "s" else ""
+        return f"unknown typecode {typecode!r} (one of {''.join(sorted(TYPECODES))} or a ctypes type).{hint}"
+    if not isinstance(typecode, (str, type)):
+        return f"the typecode must be a string such as 'i' or a ctypes type, got {typecode!r}"
+    return None
 
 
 @pytest.fixture
@@ -63,30 +102,23 @@ def ipc_context(ipc_start_method: str) -> Any:
     return ctx
 
 
-def _value_args(request: pytest.FixtureRequest, default: tuple[Any, ...]) -> tuple[str, Any, bool]:
+def _value_args(request: pytest.FixtureRequest, default: tuple[Any, ...]) -> tuple[Any, Any, bool]:
     __tracebackhide__ = True
     name = request.fixturename
     param = getattr(request, "param", default)
-    lock = True
+    problem = param_problem(name, param)
+    if problem is not None:
+        _bad_param(name, param, problem)
     if isinstance(param, dict):
-        unknown = set(param) - {"typecode", "value", "lock"}
-        if unknown:
-            _bad_param(name, param, f"unknown keys {sorted(unknown)} (use typecode, value, lock)")
-        lock = param.get("lock", True)
-        param = (param.get("typecode", default[0]), param.get("value", default[1]))
-    elif isinstance(param, str):
-        param = (param, default[1])
-    if not isinstance(param, tuple) or len(param) != 2:
-        _bad_param(name, param, "expected a typecode, a (typecode, value) tuple, or a dict")
-    return param[0], param[1], bool(lock)
+        return param.get("typecode", default[0]), param.get("value", default[1]), param.get("lock", True)
+    if isinstance(param, str):
+        return param, default[1], True
+    return param[0], param[1], True
 
 
-def _typecode_error(name: str, typecode: Any, value: Any, exc: Exception) -> None:
+def _typecode_error(name: str, typecode: Any, value: Any, exc: Exception) -> NoReturn:
     __tracebackhide__ = True
-    hint = ""
-    if typecode == "s":
-        hint = (" There is no string typecode: for text use Array('c', b'...') (bytes) or a"
-                " Manager().Value(str, ...).")
+    hint = _NO_STRING_HINT if typecode == "s" else ""
     pytest.fail(
         f"{name}: cannot make a shared {typecode!r} from {value!r}: {type(exc).__name__}: {exc}.{hint}",
         pytrace=False,
@@ -99,8 +131,10 @@ def shared_value(request: pytest.FixtureRequest, ipc_context: Any) -> Any:
     typecode, value, lock = _value_args(request, ("i", 0))
     try:
         return ipc_context.Value(typecode, value, lock=lock)
-    except (TypeError, ValueError, AttributeError) as exc:
-        _typecode_error("shared_value", typecode, value, exc)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        error = exc
+    # Failing outside the except block keeps ctypes' own traceback out of the report.
+    _typecode_error("shared_value", typecode, value, error)
 
 
 @pytest.fixture
@@ -109,16 +143,19 @@ def shared_array(request: pytest.FixtureRequest, ipc_context: Any) -> Any:
     typecode, init, lock = _value_args(request, ("i", 10))
     try:
         return ipc_context.Array(typecode, init, lock=lock)
-    except (TypeError, ValueError, AttributeError) as exc:
-        _typecode_error("shared_array", typecode, init, exc)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        error = exc
+    # Failing outside the except block keeps ctypes' own traceback out of the report.
+    _typecode_error("shared_array", typecode, init, error)
 
 
 @pytest.fixture
 def pipe_pair(request: pytest.FixtureRequest, ipc_context: Any) -> Iterator[PipePair]:
     """Two connected ``Connection`` ends, duplex unless parametrized with ``False``; closed at teardown."""
     duplex = getattr(request, "param", True)
-    if not isinstance(duplex, bool):
-        _bad_param("pipe_pair", duplex, "expected True (duplex) or False (one-way)")
+    problem = param_problem("pipe_pair", duplex)
+    if problem is not None:
+        _bad_param("pipe_pair", duplex, problem)
     a, b = ipc_context.Pipe(duplex=duplex)
     try:
         yield PipePair(a, b)

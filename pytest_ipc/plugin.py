@@ -7,10 +7,12 @@ Everything heavy is imported lazily by the fixtures and the race runner.
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Generator
+import sys
+from typing import Any, Callable, Generator
 
 import pytest
 
+from pytest_ipc import fixtures as fixtures_mod
 from pytest_ipc import settings as settings_mod
 from pytest_ipc import state
 from pytest_ipc.fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
@@ -31,6 +33,25 @@ MARKERS = (
     "ipc_race(runs=None, budget=None, expect=None, jitter=None): run the test many times with fresh "
     "fixtures and fail when the runs disagree (pytest_ipc.RaceDetected).",
 )
+
+
+# The names this module can be registered under: the entry point's (autoload,
+# -p pytest_ipc) and its module path (-p pytest_ipc.plugin, pytest_plugins).
+_PLUGIN_NAMES = ("pytest_ipc", __name__)
+
+
+def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -> None:
+    # pluggy refuses one module under two names, and loading it by the other
+    # name later (entry point autoload after -p pytest_ipc.plugin, or the
+    # reverse through pytest_plugins) would crash the session with "Plugin
+    # already registered under a different name".  Blocking the other name
+    # makes that second load a no-op, so the plugin registers exactly once.
+    if plugin is not sys.modules[__name__]:
+        return
+    registered_as = manager.get_name(plugin)
+    for name in _PLUGIN_NAMES:
+        if name != registered_as and manager.get_plugin(name) is None:
+            manager.set_blocked(name)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,13 +114,32 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    node = metafunc.definition
+@pytest.hookimpl(wrapper=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> Generator[None, None, None]:
+    _fail_on_setting_error(_parametrize_start_methods, metafunc)
+    # Runs after pytest applied the test's @pytest.mark.parametrize marks.
+    result = yield
+    _fail_on_setting_error(_validate_indirect_params, metafunc)
+    return result
+
+
+def _fail_on_setting_error(check: Callable[[pytest.Metafunc], None], metafunc: pytest.Metafunc) -> None:
+    """Turn a SettingError of ``check`` into a collection error naming the test."""
+    __tracebackhide__ = True
     try:
-        _validate_marks(node)
-        methods = _methods_to_parametrize(metafunc)
+        check(metafunc)
     except settings_mod.SettingError as exc:
-        pytest.fail(f"pytest-ipc: {exc}", pytrace=False)
+        problem = str(exc)
+    else:
+        return
+    # Failing outside the except block keeps "During handling of the above
+    # exception" and the SettingError out of the collection error.
+    pytest.fail(f"pytest-ipc: {problem}", pytrace=False)
+
+
+def _parametrize_start_methods(metafunc: pytest.Metafunc) -> None:
+    _validate_marks(metafunc.definition)
+    methods = _methods_to_parametrize(metafunc)
     if methods:
         available = multiprocessing.get_all_start_methods()
         params = [
@@ -108,6 +148,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             for m in methods
         ]
         metafunc.parametrize("ipc_start_method", params)
+
+
+# Fixtures configured by indirect parametrization, checked at collection.
+_PARAMETRIZED_FIXTURES = ("shared_value", "shared_array", "pipe_pair")
+
+
+def _validate_indirect_params(metafunc: pytest.Metafunc) -> None:
+    # Metafunc keeps its parametrizations and fixture definitions in private
+    # attributes; without them the fixtures still check their parameter at set-up.
+    for callspec in getattr(metafunc, "_calls", ()):
+        params = getattr(callspec, "params", {})
+        for name in _PARAMETRIZED_FIXTURES:
+            if name in params and _is_our_fixture(metafunc, name):
+                problem = fixtures_mod.param_problem(name, params[name])
+                if problem is not None:
+                    raise settings_mod.SettingError(
+                        f"{metafunc.definition.nodeid}: indirect parameter {params[name]!r} "
+                        f"of {name}: {problem}"
+                    )
+
+
+def _is_our_fixture(metafunc: pytest.Metafunc, name: str) -> bool:
+    """False when the name is parametrized directly or the user overrides the fixture."""
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get(name) or ()
+    return bool(defs) and getattr(getattr(defs[-1], "func", None), "__module__", None) == fixtures_mod.__name__
 
 
 def _validate_marks(node: pytest.Item) -> None:

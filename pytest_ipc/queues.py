@@ -5,7 +5,10 @@ Importable in worker processes: no pytest here.
 
 from __future__ import annotations
 
+import os
 import queue
+import select
+import sys
 import threading
 import time
 from multiprocessing import queues
@@ -91,18 +94,45 @@ class FanInQueue(queues.Queue):  # type: ignore[type-arg]
         """Drain, close and join the feeder thread without ever blocking for long.
 
         A feeder thread blocked writing into a full pipe is what makes tests
-        hang on exit; draining first empties the pipe, and the join runs in
-        a helper thread so that a stuck feeder costs at most
-        ``CLOSE_TIMEOUT`` seconds.
+        hang on exit.  An empty pipe is not enough: the feeder may still hold
+        items this process put.  So the queue is closed first (the feeder
+        then writes what it holds and exits) while the pipe's bytes are read
+        and thrown away until it has.  Raw bytes, not items: a worker killed
+        halfway through writing an item leaves half a message that ``get``
+        would wait on for ever.  A feeder that still has not finished after
+        ``CLOSE_TIMEOUT`` seconds (one waiting for a lock a killed worker
+        held) is abandoned rather than waited for.
         """
-        try:
-            while True:
-                self.get_nowait()
-        except (queue.Empty, OSError, ValueError, EOFError):
-            pass
-        self.close()
+        fd = self._dup_reader()
+        if not self._closed:
+            self.close()
         joiner = threading.Thread(target=self.join_thread, daemon=True, name="fanin_queue-close")
         joiner.start()
-        joiner.join(CLOSE_TIMEOUT)
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        try:
+            while joiner.is_alive() and time.monotonic() < deadline:
+                if fd is None:
+                    joiner.join(0.05)
+                elif not _discard_available(fd, 0.05):  # end of file: nothing left to unblock
+                    os.close(fd)
+                    fd = None
+        finally:
+            if fd is not None:
+                os.close(fd)
         if joiner.is_alive():
             self.cancel_join_thread()
+
+    def _dup_reader(self) -> int | None:
+        """A private copy of the read end: the feeder closes the queue's own when it exits."""
+        if sys.platform == "win32":  # pragma: no cover - select() does not take pipes there
+            return None
+        try:
+            return os.dup(self._reader.fileno())
+        except (OSError, ValueError):  # already closed
+            return None
+
+
+def _discard_available(fd: int, timeout: float) -> bool:
+    """Read and drop whatever ``fd`` holds, waiting at most ``timeout``; False at end of file."""
+    readable, _, _ = select.select([fd], [], [], timeout)
+    return not readable or os.read(fd, 1 << 20) != b""

@@ -50,38 +50,51 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def positive_seconds(value: Any, where: str) -> float:
+# Longer waits overflow the C timeouts under multiprocessing's waits (poll()
+# takes milliseconds in a C int: about 24 days), which would surface as an
+# OverflowError in the middle of a test; a week is more than any test needs.
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+def positive_seconds(value: Any, where: str, limit: float = MAX_SECONDS) -> float:
+    # Messages quote the input as given, not the float it became.
+    raw = value
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise SettingError(f"{where}: expected a number of seconds, got {value!r}") from None
+            raise SettingError(f"{where}: expected a number of seconds, got {raw!r}") from None
     if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise SettingError(f"{where}: expected a positive number of seconds, got {value!r}")
+        raise SettingError(f"{where}: expected a positive number of seconds, got {raw!r}")
+    if value > limit:
+        raise SettingError(f"{where}: {raw!r} seconds is more than the limit of {limit:g}")
     return float(value)
 
 
 def positive_int(value: Any, where: str, limit: int = 10**9) -> int:
+    raw = value
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise SettingError(f"{where}: expected a positive whole number, got {value!r}") from None
+            raise SettingError(f"{where}: expected a positive whole number, got {raw!r}") from None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SettingError(f"{where}: expected a positive whole number, got {value!r}")
+        raise SettingError(f"{where}: expected a positive whole number, got {raw!r}")
     if value > limit:
-        raise SettingError(f"{where}: {value!r} is more than the limit of {limit}")
+        raise SettingError(f"{where}: {raw!r} is more than the limit of {limit}")
     return value
 
 
 def seed_value(value: Any, where: str) -> int:
+    raw = value
+    expected = f"expected a whole number from 0 to {MAX_SEED}"
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise SettingError(f"{where}: expected a whole number from 0 to {MAX_SEED}, got {value!r}") from None
+            raise SettingError(f"{where}: {expected}, got {raw!r}") from None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise SettingError(f"{where}: expected a whole number from 0 to {MAX_SEED}, got {value!r}")
+        raise SettingError(f"{where}: {expected}, got {raw!r}")
     return value
 
 
@@ -94,6 +107,8 @@ def start_method(value: Any, where: str, allow_all: bool = True) -> str:
 
 def jitter(value: Any, where: str) -> float:
     """``off``/``low``/``high`` or a probability in [0, 1]."""
+    raw = value
+    expected = "expected off, low, high or a probability from 0 to 1"
     if isinstance(value, str):
         text = value.strip().lower()
         if text in JITTER_LEVELS:
@@ -101,11 +116,9 @@ def jitter(value: Any, where: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise SettingError(
-                f"{where}: expected off, low, high or a probability from 0 to 1, got {value!r}"
-            ) from None
+            raise SettingError(f"{where}: {expected}, got {raw!r}") from None
     if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= 1:
-        raise SettingError(f"{where}: expected off, low, high or a probability from 0 to 1, got {value!r}")
+        raise SettingError(f"{where}: {expected}, got {raw!r}")
     return float(value)
 
 
