@@ -9,6 +9,7 @@ so one test id gives one result line and ``-x``, ``--lf`` and xfail work.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from _pytest._io import TerminalWriter
 from _pytest.runner import CallInfo, runtestprotocol
 
 from pytest_ipc import settings as settings_mod
@@ -31,6 +33,7 @@ class RunRecord:
     failure: str = ""  # "AssertionError" etc., for the histogram
     auto: bool = False  # the outcome is the automatic total, not ipc_outcome.record()
     reports: list[pytest.TestReport] = field(default_factory=list)
+    sections: list[tuple[str, str, str]] = field(default_factory=list)  # this run's captured output
 
 
 @dataclass
@@ -47,9 +50,23 @@ def histogram_label(record: RunRecord) -> str:
     return state.safe_repr(record.outcome)
 
 
+def _tie_order(record: RunRecord) -> tuple[int, Any]:
+    """Among equally common outcomes: numbers in numeric order, then other values, then failures."""
+    if record.failed:
+        return (2, histogram_label(record))
+    value = record.outcome
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return (0, value)
+    return (1, histogram_label(record))
+
+
 def histogram(records: list[RunRecord]) -> list[tuple[str, int]]:
+    """(label, runs) rows, most common first; ties in the outcomes' own order (449 before 1000)."""
     counts = Counter(histogram_label(r) for r in records)
-    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    order: dict[str, tuple[int, Any]] = {}
+    for r in records:
+        order.setdefault(histogram_label(r), _tie_order(r))
+    return sorted(counts.items(), key=lambda kv: (-kv[1], order[kv[0]]))
 
 
 def format_histogram(rows: list[tuple[str, int]], label: str) -> str:
@@ -65,11 +82,19 @@ def _expected(spec: settings_mod.RaceSpec, value: Any) -> bool:
     return bool(value == spec.expect)
 
 
-def _rerun_line(item: pytest.Item, cfg: settings_mod.Settings, method: str | None, jitter: float) -> str:
+def _rerun_line(
+    item: pytest.Item, cfg: settings_mod.Settings, method: str | None, jitter: float, mark_runs: int | None
+) -> str:
     parts = ["pytest", f'"{item.nodeid}"']
     if any(p in ("pytest_ipc", "pytest_ipc.plugin") for p in (item.config.getoption("plugins") or [])):
         parts.insert(1, "-p pytest_ipc")
     parts.append(f"--ipc-seed={cfg.seed}")
+    if mark_runs is None:
+        # Without them a rerun could stop before the run that failed.
+        if item.config.getoption("ipc_runs") is not None:
+            parts.append(f"--ipc-runs={cfg.runs}")
+        if item.config.getoption("ipc_budget") is not None:
+            parts.append(f"--ipc-budget={'none' if cfg.budget is None else format(cfg.budget, 'g')}")
     callspec = getattr(item, "callspec", None)
     if method and not (callspec and "ipc_start_method" in callspec.params):
         parts.append(f"--ipc-start-method={method}")
@@ -125,6 +150,7 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
             item._report_sections = []  # type: ignore[attr-defined]  # captured output of this run only
             race.phase_excinfo = {}
             record.reports = runtestprotocol(item, log=False, nextitem=parent)  # type: ignore[arg-type]
+            record.sections = list(item._report_sections)  # type: ignore[attr-defined]
             _score(record, race, item)
             records.append(record)
             if _stop_early(record, index):
@@ -166,6 +192,19 @@ def _stop_early(record: RunRecord, index: int) -> bool:
     return not setup.passed or any(r.skipped for r in record.reports)
 
 
+def _longrepr_text(longrepr: Any) -> str:
+    """A report's failure text as pytest prints it.
+
+    ``str(longrepr)`` strips the text, which eats the indentation of the
+    first source line of the traceback.
+    """
+    if hasattr(longrepr, "toterminal"):
+        out = io.StringIO()
+        longrepr.toterminal(TerminalWriter(file=out))
+        return out.getvalue().strip("\n").rstrip()
+    return str(longrepr)
+
+
 def _verdict(
     records: list[RunRecord], spec: settings_mod.RaceSpec, header_tail: str, label: str, rerun: str
 ) -> BaseException | None:
@@ -176,7 +215,7 @@ def _verdict(
     if failed:
         first = failed[0]
         call = next((r for r in first.reports if r.failed), None)
-        detail = str(call.longrepr) if call is not None and call.longrepr is not None else first.failure
+        detail = _longrepr_text(call.longrepr) if call is not None and call.longrepr is not None else first.failure
         msg = (
             f"failed in {len(failed)} of {n} runs ({header_tail})\n{table}\n"
             f"first failure (run {first.index}, seed {first.seed}):\n{detail}\nrerun: {rerun}"
@@ -239,9 +278,11 @@ def _log_verdict(
         _log_teardown(item, race, first.reports[-1], final_teardown)
         return
     method = _start_method(item)
-    label = "total" if all(r.auto for r in records if not r.failed) else "outcome"
+    ok = [r for r in records if not r.failed]
+    # "total" only when every outcome is the automatic shared_value/shared_array total.
+    label = "total" if ok and all(r.auto and r.outcome is not None for r in ok) else "outcome"
     header_tail = f"start method {method}, seed {cfg.seed}, jitter {_jitter_name(jitter)}"
-    rerun = _rerun_line(item, cfg, method, jitter)
+    rerun = _rerun_line(item, cfg, method, jitter, spec.runs)
     verdict = _verdict(records, spec, header_tail, label, rerun)
 
     data = race_data(item, records, verdict, method, cfg.seed, jitter, duration, label)
@@ -255,13 +296,30 @@ def _log_verdict(
             raise verdict
 
     race.finalizing = True
+    # The captured output shown with the verdict is that of the run whose traceback it shows.
+    shown = next((r for r in records if r.failed), records[-1])
+    item._report_sections = list(shown.sections)  # type: ignore[attr-defined]
     call = CallInfo.from_call(raise_verdict, when="call")
     call_report = hook.pytest_runtest_makereport(item=item, call=call)
     call_report.duration = duration
     call_report.ipc_race = data
+    if verdict is not None:
+        _name_verdict(call_report, verdict)
     hook.pytest_runtest_logreport(report=first.reports[0])
     hook.pytest_runtest_logreport(report=call_report)
     _log_teardown(item, race, records[-1].reports[-1], final_teardown)
+
+
+def _name_verdict(report: pytest.TestReport, verdict: BaseException) -> None:
+    """Start the failure text with the verdict's class: ``RaceDetected: totals differ ...``.
+
+    The verdict is a ``pytrace=False`` failure, which pytest prints as the bare
+    message; the class is what a user greps for and names in ``xfail(raises=)``.
+    """
+    entries = getattr(getattr(report.longrepr, "reprtraceback", None), "reprentries", None)
+    lines = getattr(entries[-1], "lines", None) if entries else None
+    if lines and isinstance(lines[0], str):
+        lines[0] = f"{type(verdict).__name__}: {lines[0]}"
 
 
 def _log_teardown(item: pytest.Item, race: RaceRun, last: pytest.TestReport, final: CallInfo[None]) -> None:

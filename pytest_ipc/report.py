@@ -29,7 +29,7 @@ class RaceReporter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "ipc_race", None)
         if report.when == "call" and isinstance(data, dict):
-            self.results[report.nodeid] = dict(data, outcome=report.outcome)
+            self.results[report.nodeid] = dict(data, outcome=report.outcome, xfail=hasattr(report, "wasxfail"))
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -41,14 +41,21 @@ class RaceReporter:
         width = max(len(n) for n in self.results)
         for nodeid, data in self.results.items():
             verdict = {"race": "RACE", "failed": "FAILED", "unexpected": "UNEXPECTED"}.get(data["verdict"], "passed")
+            if data.get("xfail"):
+                verdict += " (xfail)"
+            elif data["verdict"] == "passed" and data.get("outcome") == "failed":
+                verdict = "XPASS(strict)"  # the runs agreed, but the test was marked xfail(strict=True)
             outcomes = "outcome" if data["distinct"] == 1 else "outcomes"
             tr.write_line(
                 f"{nodeid:<{width}}  {data['runs']:>6} runs  {data['distinct']:>4} {outcomes:<8}  "
                 f"{verdict:<10}  {data['duration']:.2f}s"
             )
             if verbose:
-                for label, count in data["histogram"]:
-                    tr.write_line(f"    {label:>20}  {count:>6}")
+                from pytest_ipc.race import format_histogram
+
+                rows = [(label, count) for label, count in data["histogram"]]
+                for line in format_histogram(rows, data.get("label", "outcome")).splitlines():
+                    tr.write_line("  " + line)
         tr.write_line(f"seed {self.seed}: rerun any of these with --ipc-seed={self.seed}")
 
     @pytest.hookimpl
