@@ -1,0 +1,248 @@
+"""Worker targets and scenario bodies for bench/detection.py.
+
+No pytest here: under spawn and forkserver every worker imports this module.
+
+A scenario is a function ``scenario(ctx, launch, env) -> (outcome, expected)``:
+``ctx`` is the multiprocessing context, ``launch`` starts workers
+(``launch.start(target, args=..., count=N)`` then ``launch.join()``; either
+pytest-ipc's ``ipc_workers`` or :class:`PlainLauncher`, which starts the
+processes one by one with no barrier, as a test repeated by pytest-repeat
+would), ``env`` holds objects that live longer than one run (the manager).
+A run shows the race when ``outcome != expected``.
+"""
+
+from __future__ import annotations
+
+from multiprocessing import shared_memory
+from typing import Any, Callable
+
+WORKERS = 9
+INCREMENTS = 50  # the tutorial's 9 x 50 counter
+MANAGER_INCREMENTS = 20  # each += on a proxy is two round trips to the manager
+SHM_INCREMENTS = 25  # 9 x 25 = 225 stays below 256: one byte holds the total
+FANIN_PRODUCERS = 4
+FANIN_ITEMS = 25
+PING_PONG_ROUNDS = 50
+QUEUE_ITEMS = 20
+
+
+class PlainLauncher:
+    """Processes started one by one, no barrier, no amplification (what pytest-repeat gives)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.procs: list[Any] = []
+
+    def start(self, target: Callable[..., Any], args: tuple[Any, ...] = (), count: int = 1) -> None:
+        for _ in range(count):
+            p = self.ctx.Process(target=target, args=args)
+            p.start()
+            self.procs.append(p)
+
+    def join(self) -> None:
+        for p in self.procs:
+            p.join(30)
+        bad = [p.exitcode for p in self.procs if p.exitcode != 0]
+        for p in self.procs:
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+        if bad:
+            raise RuntimeError(f"workers failed with exit codes {bad}")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+            p.close()
+
+
+# -- worker targets -----------------------------------------------------------
+
+
+def inc_value(v: Any, n: int) -> None:
+    for _ in range(n):
+        v.value += 1
+
+
+def inc_value_locked(v: Any, n: int) -> None:
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+
+
+def inc_array(a: Any, n: int) -> None:
+    for _ in range(n):
+        a[3] += 1
+
+
+def inc_dict(d: Any, n: int) -> None:
+    for _ in range(n):
+        d["n"] += 1
+
+
+def inc_dict_locked(d: Any, lock: Any, n: int) -> None:
+    for _ in range(n):
+        with lock:
+            d["n"] += 1
+
+
+def inc_shm(name: str, n: int) -> None:
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        for _ in range(n):
+            shm.buf[0] += 1
+    finally:
+        shm.close()
+
+
+def queue_role(q: Any, out: Any, ticket: Any, n: int) -> None:
+    """The first worker in produces ``n`` items; the second consumes until ``empty()``."""
+    with ticket.get_lock():
+        role = ticket.value
+        ticket.value += 1
+    if role == 0:
+        for i in range(n):
+            q.put(i)
+        return
+    got = 0
+    while not q.empty():  # the bug: empty() says nothing about items still on their way
+        q.get()
+        got += 1
+    out.value = got
+
+
+def fanin_producer(q: Any, n: int) -> None:
+    for i in range(n):
+        q.put(i)
+    q.put(q.DONE)
+
+
+def pong(conn: Any, rounds: int) -> None:
+    for _ in range(rounds):
+        conn.send(conn.recv() + 1)
+
+
+# -- scenarios ------------------------------------------------------------------
+
+
+def counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    v = ctx.Value("i", 0)
+    launch.start(inc_value, args=(v, INCREMENTS), count=WORKERS)
+    launch.join()
+    return v.value, WORKERS * INCREMENTS
+
+
+def array_element(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    a = ctx.Array("i", 10)
+    launch.start(inc_array, args=(a, INCREMENTS), count=WORKERS)
+    launch.join()
+    return a[3], WORKERS * INCREMENTS
+
+
+def manager_dict(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    d = env["manager"].dict({"n": 0})
+    launch.start(inc_dict, args=(d, MANAGER_INCREMENTS), count=WORKERS)
+    launch.join()
+    return d["n"], WORKERS * MANAGER_INCREMENTS
+
+
+def queue_empty(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    q = ctx.Queue()
+    out = ctx.Value("i", -1)
+    ticket = ctx.Value("i", 0)
+    try:
+        launch.start(queue_role, args=(q, out, ticket, QUEUE_ITEMS), count=2)
+        launch.join()
+        for _ in range(QUEUE_ITEMS - out.value):  # what the consumer left behind
+            q.get(timeout=10)
+    finally:
+        q.close()
+        q.join_thread()
+    return out.value, QUEUE_ITEMS
+
+
+def shm_byte(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    try:
+        shm.buf[0] = 0
+        launch.start(inc_shm, args=(shm.name, SHM_INCREMENTS), count=WORKERS)
+        launch.join()
+        return shm.buf[0], WORKERS * SHM_INCREMENTS
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def locked_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    v = ctx.Value("i", 0)
+    launch.start(inc_value_locked, args=(v, INCREMENTS), count=WORKERS)
+    launch.join()
+    return v.value, WORKERS * INCREMENTS
+
+
+def fanin(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    from pytest_ipc.queues import FanInQueue
+
+    q = FanInQueue(ctx=ctx, timeout=30)
+    try:
+        launch.start(fanin_producer, args=(q, FANIN_ITEMS), count=FANIN_PRODUCERS)
+        items = q.collect(producers=FANIN_PRODUCERS)
+        launch.join()
+    finally:
+        q.shutdown()
+    return tuple(sorted(items)), tuple(sorted(list(range(FANIN_ITEMS)) * FANIN_PRODUCERS))
+
+
+def ping_pong(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    mine, theirs = ctx.Pipe()
+    try:
+        launch.start(pong, args=(theirs, PING_PONG_ROUNDS), count=1)
+        x = 0
+        for _ in range(PING_PONG_ROUNDS):
+            mine.send(x)
+            x = mine.recv() + 1
+        launch.join()
+    finally:
+        mine.close()
+        theirs.close()
+    return x, 2 * PING_PONG_ROUNDS
+
+
+def manager_dict_locked(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    d = env["manager"].dict({"n": 0})
+    lock = env["manager"].Lock()
+    launch.start(inc_dict_locked, args=(d, lock, MANAGER_INCREMENTS), count=WORKERS)
+    launch.join()
+    return d["n"], WORKERS * MANAGER_INCREMENTS
+
+
+RACY: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "unlocked Value counter": counter,
+    "unlocked Array element": array_element,
+    "Manager dict +=": manager_dict,
+    "queue consumer stops at empty()": queue_empty,
+    "unlocked SharedMemory byte": shm_byte,
+}
+RACE_FREE: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "locked counter": locked_counter,
+    "sentinel-counted fan-in": fanin,
+    "ping-pong pipe": ping_pong,
+    "lock-guarded Manager dict": manager_dict_locked,
+}
+ALL = {**RACY, **RACE_FREE}
+
+# What a correct run gives: the bench's ipc_race tests pass it as expect=, so a
+# race that loses the same updates in every run is reported too.
+EXPECTED: dict[str, Any] = {
+    "unlocked Value counter": WORKERS * INCREMENTS,
+    "unlocked Array element": WORKERS * INCREMENTS,
+    "Manager dict +=": WORKERS * MANAGER_INCREMENTS,
+    "queue consumer stops at empty()": QUEUE_ITEMS,
+    "unlocked SharedMemory byte": WORKERS * SHM_INCREMENTS,
+    "locked counter": WORKERS * INCREMENTS,
+    "sentinel-counted fan-in": tuple(sorted(list(range(FANIN_ITEMS)) * FANIN_PRODUCERS)),
+    "ping-pong pipe": 2 * PING_PONG_ROUNDS,
+    "lock-guarded Manager dict": WORKERS * MANAGER_INCREMENTS,
+}
