@@ -57,6 +57,15 @@ class ChildSpec:
     seed: int
     jitter: float
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled (spawn, forkserver) before the target's arguments: patch
+        # now, so that a Queue among them binds the amplified pipe methods.
+        self.__dict__.update(state)
+        if self.jitter > 0:
+            from pytest_ipc import _amplify
+
+            _amplify.install()
+
 
 def stack_path(workdir: str, index: int) -> str:
     return os.path.join(workdir, f"worker-{index}.stack")

@@ -89,10 +89,16 @@ def ipc_start_method(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ipc_context(ipc_start_method: str) -> Any:
+def ipc_context(request: pytest.FixtureRequest, ipc_start_method: str) -> Any:
     """The ``multiprocessing`` context of the test's start method (skipped if unavailable)."""
     if ipc_start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"start method {ipc_start_method!r} is not available on this platform")
+    if state.current_run(request.node).jitter > 0:
+        from pytest_ipc import _amplify
+
+        # Before any fixture makes its objects: a Queue binds its pipe's
+        # methods when it is made, and fork children inherit them bound.
+        _amplify.install()
     ctx = multiprocessing.get_context(ipc_start_method)
     if ipc_start_method == "forkserver":
         # Worker targets usually live in test modules, which import pytest.

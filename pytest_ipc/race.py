@@ -99,7 +99,7 @@ def _rerun_line(
     if method and not (callspec and "ipc_start_method" in callspec.params):
         parts.append(f"--ipc-start-method={method}")
     if jitter != cfg.jitter or item.config.getoption("ipc_jitter") is not None:
-        parts.append(f"--ipc-jitter={jitter:g}")
+        parts.append(f"--ipc-jitter={_jitter_name(jitter)}")
     return " ".join(parts)
 
 

@@ -19,8 +19,8 @@ import pytest
 START_METHODS = ("fork", "spawn", "forkserver")
 
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_RUNS = 50
-DEFAULT_BUDGET = 20.0
+DEFAULT_RUNS = 20
+DEFAULT_BUDGET = 10.0
 
 # Amplification levels: the probability that a worker yields at a preemption point.
 JITTER_LEVELS = {"off": 0.0, "low": 0.05, "high": 0.25}
