@@ -72,12 +72,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="race amplification in ipc_race runs: off, low, high or a probability (default low).")
     group.addoption("--ipc-report", dest="ipc_report", default=None, metavar="PATH",
                     help="write the race report of the session as JSON to PATH.")
+    group.addoption("--ipc-shards", dest="ipc_shards", default=None, metavar="K",
+                    help="split the runs of every ipc_race test into K test items [shard1ofK] ... that "
+                         "pytest-xdist spreads over its workers; the verdicts are merged per test (default 1).")
     parser.addini("ipc_start_method", "default start method of the IPC fixtures", default="")
     parser.addini("ipc_timeout", "default timeout in seconds of the IPC fixtures", default="")
     parser.addini("ipc_runs", "default number of runs of an ipc_race test", default="")
     parser.addini("ipc_budget", "default time budget in seconds of an ipc_race test", default="")
     parser.addini("ipc_seed", "session seed of pytest-ipc", default="")
     parser.addini("ipc_jitter", "race amplification level: off, low, high or a probability", default="")
+    parser.addini("ipc_shards", "number of test items each ipc_race test's runs are split into", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,9 +112,10 @@ class XdistHooks:
 def pytest_report_header(config: pytest.Config) -> str:
     cfg = state.settings(config)
     method = cfg.start_method or f"{multiprocessing.get_all_start_methods()[0]} (platform default)"
+    shards = f", shards {cfg.shards}" if cfg.shards > 1 else ""
     return (
         f"pytest-ipc: seed {cfg.seed}, start method {method}, timeout {cfg.timeout:g}s, "
-        f"runs {cfg.runs}, jitter {cfg.jitter:g}"
+        f"runs {cfg.runs}, jitter {cfg.jitter:g}{shards}"
     )
 
 
@@ -120,7 +125,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> Generator[None, None, No
     # Runs after pytest applied the test's @pytest.mark.parametrize marks.
     result = yield
     _fail_on_setting_error(_validate_indirect_params, metafunc)
+    # Last, after every other plugin's parametrization, so the shard is the last part of the id.
+    _parametrize_shards(metafunc)
     return result
+
+
+def _parametrize_shards(metafunc: pytest.Metafunc) -> None:
+    """With --ipc-shards=K, split an ipc_race test into K items ``[shard1ofK]`` ... ``[shardKofK]``."""
+    cfg = state.settings(metafunc.config)
+    mark = metafunc.definition.get_closest_marker("ipc_race")
+    if cfg.shards < 2 or mark is None:
+        return
+    from pytest_ipc.race import SHARD_ARG, shard_params
+
+    # Validated by _parametrize_start_methods; a bad marker never gets here.
+    spec = settings_mod.race_spec(mark, metafunc.definition.nodeid)
+    params = shard_params(cfg.shards, spec.runs or cfg.runs)
+    if params:
+        # A hidden argument, as pytest-repeat does: the test function does not take it.
+        metafunc.fixturenames.append(SHARD_ARG)
+        metafunc.parametrize(SHARD_ARG, params)
 
 
 def _fail_on_setting_error(check: Callable[[pytest.Metafunc], None], metafunc: pytest.Metafunc) -> None:

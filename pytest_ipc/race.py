@@ -24,6 +24,47 @@ from pytest_ipc import settings as settings_mod
 from pytest_ipc import state
 from pytest_ipc.errors import RaceDetected, RunsFailed, UnexpectedOutcome
 
+# The hidden argument that --ipc-shards parametrizes; the test function never sees it.
+SHARD_ARG = "_ipc_shard"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Item ``index`` (from 0) of ``count``: it runs the runs index, index + count, ..."""
+
+    index: int
+    count: int
+
+    @property
+    def id(self) -> str:
+        return f"shard{self.index + 1}of{self.count}"
+
+
+def shard_params(shards: int, runs: int) -> list[Any]:
+    """The parameters of a sharded test: no more shards than runs, none for one shard."""
+    count = min(shards, runs)
+    if count < 2:
+        return []
+    return [pytest.param(Shard(i, count), id=Shard(i, count).id) for i in range(count)]
+
+
+def shard_of(item: pytest.Item) -> Shard | None:
+    callspec = getattr(item, "callspec", None)
+    shard = callspec.params.get(SHARD_ARG) if callspec is not None else None
+    return shard if isinstance(shard, Shard) else None
+
+
+def base_nodeid(nodeid: str, shard: Shard) -> str:
+    """The node id the test has without --ipc-shards: ``t.py::test[fork-shard1of4]`` -> ``t.py::test[fork]``."""
+    token = shard.id
+    if nodeid.endswith(f"[{token}]"):
+        return nodeid[: -len(token) - 2]
+    if nodeid.endswith(f"-{token}]"):
+        return nodeid[: -len(token) - 2] + "]"
+    # Another plugin parametrized after us: drop the shard from the middle of the id.
+    return nodeid.replace(f"-{token}", "", 1).replace(f"{token}-", "", 1)
+
+
 @dataclass
 class RunRecord:
     index: int
@@ -83,17 +124,25 @@ def _expected(spec: settings_mod.RaceSpec, value: Any) -> bool:
 
 
 def _rerun_line(
-    item: pytest.Item, cfg: settings_mod.Settings, method: str | None, jitter: float, mark_runs: int | None
+    item: pytest.Item, cfg: settings_mod.Settings, method: str | None, jitter: float, mark_runs: int | None,
+    unsharded: str | None = None,
 ) -> str:
-    parts = ["pytest", f'"{item.nodeid}"']
+    """The command that replays ``item``; with ``unsharded``, that test id run as one item."""
+    shard = shard_of(item)
+    parts = ["pytest", f'"{unsharded or item.nodeid}"']
     if any(p in ("pytest_ipc", "pytest_ipc.plugin") for p in (item.config.getoption("plugins") or [])):
         parts.insert(1, "-p pytest_ipc")
     parts.append(f"--ipc-seed={cfg.seed}")
+    if shard is not None and unsharded is None:
+        parts.append(f"--ipc-shards={cfg.shards}")  # the shard's id exists only with it
     if mark_runs is None:
         # Without them a rerun could stop before the run that failed.
         if item.config.getoption("ipc_runs") is not None:
             parts.append(f"--ipc-runs={cfg.runs}")
-        if item.config.getoption("ipc_budget") is not None:
+        if unsharded is not None and cfg.budget is not None:
+            # Every shard had the budget; one item replaying all their runs needs more.
+            parts.append("--ipc-budget=none")
+        elif item.config.getoption("ipc_budget") is not None:
             parts.append(f"--ipc-budget={'none' if cfg.budget is None else format(cfg.budget, 'g')}")
     callspec = getattr(item, "callspec", None)
     if method and not (callspec and "ipc_start_method" in callspec.params):
@@ -133,6 +182,11 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     budget = spec.budget if spec.budget is not None else (None if spec.runs else cfg.budget)
     jitter = spec.jitter if spec.jitter is not None else cfg.jitter
 
+    shard = shard_of(item)
+    # A shard runs its share of the runs with the seeds they have unsharded.
+    seed_id = item.nodeid if shard is None else base_nodeid(item.nodeid, shard)
+    indices = range(runs) if shard is None else range(shard.index, runs, shard.count)
+
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     race = RaceRun()
     item.stash[state.race_key] = race
@@ -141,10 +195,10 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     parent = item.parent
     interrupted = False
     try:
-        for index in range(runs):
-            if index and budget is not None and time.monotonic() - started >= budget:
+        for position, index in enumerate(indices):
+            if position and budget is not None and time.monotonic() - started >= budget:
                 break
-            record = RunRecord(index, state.derive_seed(cfg.seed, item.nodeid, index))
+            record = RunRecord(index, state.derive_seed(cfg.seed, seed_id, index))
             item.stash[state.run_key] = state.RunState(index, record.seed, jitter)
             item.stash[state.call_failed_key] = False
             item._report_sections = []  # type: ignore[attr-defined]  # captured output of this run only
@@ -153,7 +207,7 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
             record.sections = list(item._report_sections)  # type: ignore[attr-defined]
             _score(record, race, item)
             records.append(record)
-            if _stop_early(record, index):
+            if _stop_early(record, position):
                 break
     except KeyboardInterrupt:
         interrupted = True
@@ -184,9 +238,9 @@ def _score(record: RunRecord, race: RaceRun, item: pytest.Item) -> None:
         record.auto = True
 
 
-def _stop_early(record: RunRecord, index: int) -> bool:
+def _stop_early(record: RunRecord, position: int) -> bool:
     """The first run was skipped or could not set up: report it as it is, once."""
-    if index != 0:
+    if position != 0:
         return False
     setup = record.reports[0]
     return not setup.passed or any(r.skipped for r in record.reports)
@@ -286,6 +340,12 @@ def _log_verdict(
     verdict = _verdict(records, spec, header_tail, label, rerun)
 
     data = race_data(item, records, verdict, method, cfg.seed, jitter, duration, label)
+    shard = shard_of(item)
+    if shard is not None:
+        # What the controller needs to merge the shards into one verdict (see merge_shards).
+        base = base_nodeid(item.nodeid, shard)
+        data.update(base_nodeid=base, shard=shard.index + 1, shard_count=shard.count,
+                    rerun=_rerun_line(item, cfg, method, jitter, spec.runs, unsharded=base))
     item.user_properties.extend(
         [("ipc_runs", data["runs"]), ("ipc_distinct_outcomes", data["distinct"]),
          ("ipc_seed", cfg.seed), ("ipc_verdict", data["verdict"])]
@@ -328,3 +388,77 @@ def _log_teardown(item: pytest.Item, race: RaceRun, last: pytest.TestReport, fin
     if final.excinfo is not None:
         last = item.ihook.pytest_runtest_makereport(item=item, call=final)
     item.ihook.pytest_runtest_logreport(report=last)
+
+
+def _label_order(label: str) -> tuple[int, Any]:
+    """The tie order of ``histogram`` for a label alone (the shards send labels, not values)."""
+    if label.startswith("failed ("):
+        return (2, label)
+    for kind in (int, float):
+        try:
+            value = kind(label)
+        except ValueError:
+            continue
+        if value == value:  # NaN is no number to order by
+            return (0, value)
+    return (1, label)
+
+
+def _type_name(verdict: str) -> str:
+    """The exception class a verdict name stands for."""
+    return {"race": RaceDetected, "failed": RunsFailed, "unexpected": UnexpectedOutcome}[verdict].__name__
+
+
+def merge_shards(shards: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """One test's race data from its shards' data, and the merged verdict's message if it is not a pass.
+
+    The rules are those of one unsharded run: failures in some runs or
+    differing outcomes are a race, failures in every run are a failure.
+    """
+    first = shards[0]
+    counts: Counter[str] = Counter()
+    for data in shards:
+        for label, n in data["histogram"]:
+            counts[label] += n
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], _label_order(kv[0])))
+    runs = sum(d["runs"] for d in shards)
+    failed_runs = sum(d["failed_runs"] for d in shards)
+    with_outcomes = [d for d in shards if d["failed_runs"] < d["runs"]]
+    label = "total" if with_outcomes and all(d["label"] == "total" for d in with_outcomes) else "outcome"
+    if failed_runs == runs:
+        verdict = "failed"
+    elif failed_runs or len(rows) > 1:
+        verdict = "race"
+    elif any(d["verdict"] == "unexpected" for d in shards):
+        verdict = "unexpected"  # every shard checked the one outcome against expect
+    else:
+        verdict = "passed"
+    merged = {
+        "nodeid": first["base_nodeid"],
+        "runs": runs,
+        "failed_runs": failed_runs,
+        "distinct": len(rows),
+        "histogram": [[k, n] for k, n in rows],
+        "label": label,
+        "verdict": verdict,
+        "start_method": first["start_method"],
+        "seed": first["seed"],
+        "jitter": first["jitter"],
+        "duration": round(sum(d["duration"] for d in shards), 4),  # run time summed over the shards
+        "shards": len(shards),
+    }
+    if verdict == "passed":
+        return merged, None
+    tail = f"start method {first['start_method']}, seed {first['seed']}, jitter {_jitter_name(first['jitter'])}"
+    where = f"{runs} runs of {len(shards)} shards"
+    if verdict == "race" and failed_runs:
+        head = f"{_type_name(verdict)}: failed in {failed_runs} of {where}"
+    elif verdict == "race":
+        head = f"{_type_name(verdict)}: {'totals' if label == 'total' else 'outcomes'} differ across {where}"
+    elif verdict == "failed":
+        head = f"{_type_name(verdict)}: failed in all {where}"
+    else:
+        head = f"{_type_name(verdict)}: outcome {rows[0][0]} of all {where} is not the expected one"
+    table = format_histogram(rows, label)
+    return merged, f"{head} ({tail})\n{table}\nrerun: {first['rerun']}"
+

@@ -21,6 +21,9 @@ START_METHODS = ("fork", "spawn", "forkserver")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RUNS = 20
 DEFAULT_BUDGET = 10.0
+DEFAULT_SHARDS = 1
+# Each shard is a test item; more than this many per test is a typo, not a campaign.
+MAX_SHARDS = 10_000
 
 # Amplification levels: the probability that a worker yields at a preemption point.
 JITTER_LEVELS = {"off": 0.0, "low": 0.05, "high": 0.25}
@@ -44,6 +47,7 @@ class Settings:
     seed: int
     jitter: float
     report_path: str | None
+    shards: int = DEFAULT_SHARDS  # items each ipc_race test's runs are split into (for pytest-xdist)
 
 
 def _is_number(value: Any) -> bool:
@@ -160,6 +164,8 @@ def from_config(config: pytest.Config) -> Settings:
             seed=seed,
             jitter=_read(config, "--ipc-jitter", "ipc_jitter", jitter, JITTER_LEVELS[DEFAULT_JITTER]),
             report_path=config.getoption("ipc_report"),
+            shards=_read(config, "--ipc-shards", "ipc_shards",
+                         lambda raw, where: positive_int(raw, where, limit=MAX_SHARDS), DEFAULT_SHARDS),
         )
     except SettingError as exc:
         raise pytest.UsageError(f"pytest-ipc: {exc}") from None
