@@ -200,7 +200,8 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
                 break
             record = RunRecord(index, state.derive_seed(cfg.seed, seed_id, index))
             item.stash[state.run_key] = state.RunState(index, record.seed, jitter)
-            item.stash[state.call_failed_key] = False
+            if state.call_failed_key in item.stash:  # this run has not reported yet
+                del item.stash[state.call_failed_key]
             item._report_sections = []  # type: ignore[attr-defined]  # captured output of this run only
             race.phase_excinfo = {}
             record.reports = runtestprotocol(item, log=False, nextitem=parent)  # type: ignore[arg-type]

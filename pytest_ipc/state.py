@@ -93,5 +93,9 @@ def item_timeout(item: pytest.Item) -> float:
     return cached
 
 
-def call_failed(item: pytest.Item) -> bool:
-    return item.stash.get(call_failed_key, False)
+def call_passed(item: pytest.Item) -> bool:
+    """Whether the test's call phase ran to the end without an exception.
+
+    False as well when it never reported: interrupted (Ctrl-C) or not run.
+    """
+    return item.stash.get(call_failed_key, True) is False

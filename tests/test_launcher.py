@@ -522,6 +522,9 @@ def test_interrupt_while_joining_ends_the_workers(
         import helpers
 
         def test_interrupted(ipc_workers):
+            # A job started in the background by a non-interactive shell (as
+            # CI may be) inherits SIGINT ignored, and Python then keeps it so.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             ipc_workers.start(helpers.sleep_forever, count=2, name="blocked")
             ipc_workers.start(helpers.interrupt, args=(os.getpid(),), name="interrupter")
             try:
