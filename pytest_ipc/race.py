@@ -388,6 +388,9 @@ def _log_teardown(item: pytest.Item, race: RaceRun, last: pytest.TestReport, fin
     race.finalizing = True
     if final.excinfo is not None:
         last = item.ihook.pytest_runtest_makereport(item=item, call=final)
+    # junitxml writes a test's properties from its teardown report, which was
+    # made before the verdict added the ipc_* properties to the item.
+    last.user_properties = list(item.user_properties)
     item.ihook.pytest_runtest_logreport(report=last)
 
 
