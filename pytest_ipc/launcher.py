@@ -99,6 +99,7 @@ def _read_text(path: str) -> str:
 
 
 _MP_BOOTSTRAP = os.path.join("multiprocessing", "process.py") + '", line '
+_MP_FORK_LAUNCH = os.path.join("multiprocessing", "popen_fork.py")
 
 
 def _is_bootstrap_frame(line: str) -> bool:
@@ -106,8 +107,11 @@ def _is_bootstrap_frame(line: str) -> bool:
     if "_child.py" in line and line.endswith(" in bootstrap"):
         return True
     # A worker that hangs after its target returned (flushing a Queue at
-    # exit) has no frame of ours: cut at multiprocessing's own bootstrap.
-    return _MP_BOOTSTRAP in line and line.endswith(" in _bootstrap")
+    # exit) has no frame of ours: cut at multiprocessing's own bootstrap, or
+    # (3.13, where the exit functions run from atexit after it) at the fork.
+    if _MP_BOOTSTRAP in line and line.endswith(" in _bootstrap"):
+        return True
+    return _MP_FORK_LAUNCH in line and line.endswith(" in _launch")
 
 
 def trim_stack(text: str) -> str:
