@@ -10,6 +10,11 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# When pytest registers this package itself as the plugin (older pytest,
+# `pytest_plugins = ["pytest_ipc"]` with plugin autoload disabled, does not
+# look the name up among entry points), this brings in the real plugin module.
+pytest_plugins = ["pytest_ipc.plugin"]
+
 _EXPORTS = {
     "RaceDetected": "pytest_ipc.errors",
     "RunsFailed": "pytest_ipc.errors",
