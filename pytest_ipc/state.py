@@ -46,14 +46,14 @@ class Outcome:
         except TypeError:
             raise UnhashableOutcome(
                 f"ipc_outcome.record(): the outcome must be hashable so that runs can be compared; "
-                f"got {type(value).__name__} {_safe_repr(value)} (record a tuple instead of a list, "
+                f"got {type(value).__name__} {safe_repr(value)} (record a tuple instead of a list, "
                 "a frozenset instead of a set)"
             ) from None
         self.value = value
         self.recorded = True
 
 
-def _safe_repr(value: Any, limit: int = 80) -> str:
+def safe_repr(value: Any, limit: int = 80) -> str:
     try:
         text = repr(value)
     except Exception as exc:  # a raising __repr__ must not break the report
@@ -61,7 +61,6 @@ def _safe_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-safe_repr = _safe_repr
 
 
 @dataclass
