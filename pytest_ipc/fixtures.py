@@ -1,4 +1,4 @@
-"""The IPC fixtures: context, shared values, pipes, fan-in queue, workers, outcome.
+"""The IPC fixtures: context, shared values, pipes, fan-in queue, workers, Manager, outcome.
 
 Heavy imports (``multiprocessing.connection``, the launcher) happen inside the
 fixtures, so a session that uses none of them never pays for them.
@@ -7,6 +7,10 @@ fixtures, so a session that uses none of them never pays for them.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import socket
+import tempfile
 from typing import Any, Iterator, NamedTuple, NoReturn
 
 import pytest
@@ -210,6 +214,104 @@ def ipc_workers(
         # interrupt, workers left running are the consequence, not the news.
         if complaints and state.call_passed(request.node):
             raise WorkerError("\n".join(complaints))
+
+
+# sun_path, the longest AF_UNIX socket path: 108 bytes on Linux, 104 on macOS
+# and the BSDs, terminating NUL included.
+_UNIX_PATH_MAX = 104
+# How long the Manager's server gets to exit after shutdown(), which has
+# already waited, terminated and killed it if it had to.
+_MANAGER_EXIT_GRACE = 5.0
+
+
+def _fits(path: str) -> bool:
+    return len(os.fsencode(path)) < _UNIX_PATH_MAX
+
+
+def _manager_address(basetemp: str) -> tuple[Any, str | None]:
+    """Where an ``ipc_manager`` listens, and the directory to remove afterwards (or None).
+
+    An AF_UNIX socket in a new directory under pytest's ``basetemp``;
+    ``tempfile.mkdtemp`` makes it mode 0o700, so no other user can even
+    reach the socket.  When that path is too long for a socket address (a
+    deep basetemp), multiprocessing's own private directory (``pymp-*`` under
+    TMPDIR, also 0o700, removed when the process exits) holds it instead.
+    Without AF_UNIX: loopback, any free port, never all interfaces.
+    """
+    if not hasattr(socket, "AF_UNIX"):
+        return ("127.0.0.1", 0), None
+    from multiprocessing import connection
+
+    directory = tempfile.mkdtemp(prefix="ipc-manager-", dir=basetemp)
+    path = os.path.join(directory, "sock")
+    if _fits(path):
+        return path, directory
+    os.rmdir(directory)
+    fallback = connection.arbitrary_address("AF_UNIX")
+    if _fits(fallback):
+        return fallback, None
+    pytest.fail(
+        f"ipc_manager: no AF_UNIX socket path is short enough: {path!r} (under pytest's basetemp) and "
+        f"{fallback!r} (multiprocessing's temporary directory, from TMPDIR) are both longer than the "
+        f"{_UNIX_PATH_MAX - 1} bytes a socket path may have; set TMPDIR to a shorter directory",
+        pytrace=False,
+    )
+
+
+def _start_manager(ctx: Any, address: Any) -> tuple[Any, Any]:
+    """Start a ``SyncManager`` of ``ctx`` at ``address``; return it and its server process."""
+    from multiprocessing.managers import SyncManager
+
+    # No authkey of its own: a proxy that arrives through a Queue or Pipe, or
+    # from inside another proxy, authenticates with the receiving process's
+    # key, so a per-manager key would make those proxies fail to connect.
+    manager = SyncManager(address=address, ctx=ctx)
+    before = set(multiprocessing.active_children())
+    # The server creates its socket under a umask that leaves no group or
+    # other bits, whatever the test process's umask.
+    manager.start(initializer=os.umask, initargs=(0o077,))
+    prefix = f"{type(manager).__name__}-"
+    servers = [p for p in multiprocessing.active_children() if p not in before and p.name.startswith(prefix)]
+    if len(servers) != 1:
+        manager.shutdown()
+        pytest.fail(f"ipc_manager: expected one new {prefix}* process after starting the Manager, "
+                    f"found {servers}", pytrace=False)
+    return manager, servers[0]
+
+
+def _stop_manager(manager: Any, server: Any) -> str | None:
+    """Shut ``manager`` down and make sure its server process is gone; a complaint, or None."""
+    manager.shutdown()  # a no-op if the test shut it down already
+    server.join(_MANAGER_EXIT_GRACE)
+    if server.exitcode is not None:
+        return None
+    server.kill()
+    server.join(_MANAGER_EXIT_GRACE)
+    return f"ipc_manager: the Manager's server process (pid {server.pid}) was still running after shutdown(); killed it"
+
+
+@pytest.fixture
+def ipc_manager(ipc_context: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A started ``SyncManager`` of the test's start method; shut down, its process gone, at teardown.
+
+    It listens on an AF_UNIX socket that only the current user can open
+    (loopback where AF_UNIX is missing) and authenticates clients with the
+    session's own random key (``multiprocessing.current_process().authkey``,
+    which every worker inherits), so its proxies work when handed to workers
+    as arguments, through a ``Queue`` or ``Pipe``, or nested in one another.
+    """
+    address, directory = _manager_address(str(tmp_path_factory.getbasetemp()))
+    try:
+        manager, server = _start_manager(ipc_context, address)
+        try:
+            yield manager
+        finally:
+            complaint = _stop_manager(manager, server)
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    if complaint:
+        pytest.fail(complaint, pytrace=False)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pytest_ipc import state
 from pytest_ipc.fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
     fanin_queue,
     ipc_context,
+    ipc_manager,
     ipc_outcome,
     ipc_start_method,
     ipc_workers,

@@ -1,12 +1,15 @@
-"""Fixtures of the correctness suite."""
+"""Helpers of the correctness suite.
+
+The Manager the tests use is the plugin's own ``ipc_manager`` fixture; the
+helpers below start and check one by hand, for the test of ``shutdown()``.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
-import pytest
 
 
 def start_manager(ctx: Any) -> tuple[Any, psutil.Process]:
@@ -23,14 +26,3 @@ def assert_gone(process: psutil.Process) -> None:
     """``process`` has exited (waiting up to 5 s for it to be reaped)."""
     _, alive = psutil.wait_procs([process], timeout=5)
     assert not alive, f"the manager's process {process.pid} is still running after shutdown()"
-
-
-@pytest.fixture
-def ipc_manager(ipc_context: Any) -> Iterator[Any]:
-    """A started ``Manager`` of the test's start method; shut down, and its process gone, at teardown."""
-    manager, server = start_manager(ipc_context)
-    try:
-        yield manager
-    finally:
-        manager.shutdown()
-    assert_gone(server)
