@@ -86,41 +86,136 @@ class RaceRun:
 
 
 def histogram_label(record: RunRecord) -> str:
+    """How a run shows in the histogram: its outcome's repr, shortened, or ``failed (ExceptionType)``."""
     if record.failed:
         return f"failed ({record.failure})"
-    return state.safe_repr(record.outcome)
+    return settings_mod.safe_repr(record.outcome)
 
 
-def _tie_order(record: RunRecord) -> tuple[int, Any]:
+def _tie_order(record: RunRecord, label: str) -> tuple[int, Any]:
     """Among equally common outcomes: numbers in numeric order, then other values, then failures."""
     if record.failed:
-        return (2, histogram_label(record))
+        return (2, label)
     value = record.outcome
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
         return (0, value)
-    return (1, histogram_label(record))
+    return (1, label)
+
+
+class _NaN:
+    """What every NaN float becomes when outcomes are compared (see :func:`_comparable`)."""
+
+    def __repr__(self) -> str:
+        return "nan"
+
+
+_NAN = _NaN()
+
+
+def _comparable(value: Any) -> Any:
+    """``value`` as runs are compared: by ``==``, except that NaN equals NaN.
+
+    ``nan != nan``, so without this every run whose outcome is (or holds) a
+    NaN would differ from every other, and a test that reliably computes NaN
+    would be reported as a race.  NaNs inside tuples and frozensets count
+    too.  Other values are returned as they are; the common cases (numbers,
+    strings, tuples without floats) cost one pass over a tuple in C.
+    """
+    kind = type(value)
+    if kind is float:
+        return _NAN if value != value else value
+    if kind is not tuple and kind is not frozenset:
+        return value
+    kinds = set(map(type, value))
+    if kinds.isdisjoint((float, tuple, frozenset)):
+        return value
+    if kinds == {float} and not any(map(float.__ne__, value, value)):
+        return value
+    return kind(map(_comparable, value))
+
+
+class _Incomparable(Exception):
+    """Two runs' outcomes could not be compared: their ``__eq__`` or ``__hash__`` raised."""
+
+
+def _groups(records: list[RunRecord]) -> list[list[RunRecord]]:
+    """The runs grouped by equal outcome (:func:`_comparable`), failed runs by their exception type.
+
+    In order of first appearance.  Outcomes are compared as values, never by
+    how they print: two different outcomes with the same repr, or the same
+    shortened repr, are two groups.  Raises :class:`_Incomparable` naming
+    the runs when comparing outcomes raises.
+    """
+    index: dict[Any, list[RunRecord]] = {}
+    for record in records:
+        try:
+            key = ("failed", record.failure) if record.failed else ("outcome", _comparable(record.outcome))
+            group = index.get(key)
+        except Exception as exc:
+            raise _Incomparable(
+                f"the outcome {settings_mod.safe_repr(record.outcome)} of run {record.index} "
+                f"cannot be compared with earlier runs' outcomes: {settings_mod.safe_repr(exc)}"
+            ) from None
+        if group is None:
+            index[key] = [record]
+        else:
+            group.append(record)
+    return list(index.values())
+
+
+def _rows(groups: list[list[RunRecord]]) -> list[tuple[str, int]]:
+    """(label, runs) rows of ``groups``, most common first, labels told apart with ``#1``, ``#2``..."""
+    labelled = [(histogram_label(g[0]), g) for g in groups]
+    labelled.sort(key=lambda lg: (-len(lg[1]), _tie_order(lg[1][0], lg[0])))
+    alike = Counter(label for label, _ in labelled)
+    seen: Counter[str] = Counter()
+    rows = []
+    for label, group in labelled:
+        if alike[label] > 1:  # different outcomes that print alike
+            seen[label] += 1
+            label = f"{label} #{seen[label]}"
+        rows.append((label, len(group)))
+    return rows
 
 
 def histogram(records: list[RunRecord]) -> list[tuple[str, int]]:
-    """(label, runs) rows, most common first; ties in the outcomes' own order (449 before 1000)."""
-    counts = Counter(histogram_label(r) for r in records)
-    order: dict[str, tuple[int, Any]] = {}
-    for r in records:
-        order.setdefault(histogram_label(r), _tie_order(r))
-    return sorted(counts.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+    """(label, runs) rows, one per distinct outcome, most common first; ties in the outcomes' own order.
+
+    Outcomes that print alike but differ are separate rows, ``label #1``,
+    ``label #2``.  When outcomes cannot be compared (see :func:`_verdict`)
+    the rows group the runs by label, so the report still has a histogram.
+    """
+    try:
+        groups = _groups(records)
+    except _Incomparable:
+        by_label: dict[str, list[RunRecord]] = {}
+        for record in records:
+            by_label.setdefault(histogram_label(record), []).append(record)
+        groups = list(by_label.values())
+    return _rows(groups)
+
+
+def _alike_base(row_label: str) -> str | None:
+    """The label without its ``#n`` (see :func:`_rows`), or None when it has none."""
+    base, sep, number = row_label.rpartition(" #")
+    return base if sep and number.isdigit() else None
 
 
 def format_histogram(rows: list[tuple[str, int]], label: str) -> str:
     width = max([len(label)] + [len(k) for k, _ in rows])
     lines = [f"  {label:>{width}}   runs"]
     lines += [f"  {k:>{width}}   {n:>4}" for k, n in rows]
+    marked = Counter(_alike_base(k) for k, _ in rows)
+    if any(n > 1 for base, n in marked.items() if base is not None):
+        lines.append(f"  ({label}s marked #1, #2, ... differ but print alike)")
     return "\n".join(lines)
 
 
 def _expected(spec: settings_mod.RaceSpec, value: Any) -> bool:
-    if isinstance(spec.expect, (list, set, frozenset)):
-        return value in spec.expect
-    return bool(value == spec.expect)
+    """Whether ``value`` is ``expect`` (or one of them), compared as runs are: NaN equals NaN."""
+    choices = spec.expect if isinstance(spec.expect, (list, set, frozenset)) else (spec.expect,)
+    mine = _comparable(value)
+    return any(bool(mine == _comparable(choice)) for choice in choices)
 
 
 def _rerun_line(
@@ -264,7 +359,11 @@ def _verdict(
     records: list[RunRecord], spec: settings_mod.RaceSpec, header_tail: str, label: str, rerun: str
 ) -> BaseException | None:
     n = len(records)
-    rows = histogram(records)
+    incomparable: _Incomparable | None = None
+    try:
+        rows = _rows(_groups(records))
+    except _Incomparable as exc:
+        incomparable, rows = exc, histogram(records)
     table = format_histogram(rows, label)
     failed = [r for r in records if r.failed]
     if failed:
@@ -277,15 +376,29 @@ def _verdict(
         )
         # Runs that all fail are a plain bug; runs that sometimes fail disagree: a race.
         return RunsFailed(msg) if len(failed) == n else RaceDetected(msg)
+    if incomparable is not None:
+        # Whether the runs agree is the question, and it has no answer.
+        return RunsFailed(
+            f"cannot tell whether {n} runs agree ({header_tail}): {incomparable}; record plain values "
+            f"(numbers, strings, tuples of them)\n{table}\nrerun: {rerun}"
+        )
     if len(rows) > 1:
         what = "totals" if label == "total" else "outcomes"
         return RaceDetected(f"{what} differ across {n} runs ({header_tail})\n{table}\nrerun: {rerun}")
     if spec.has_expect:
-        bad = [r for r in records if not _expected(spec, r.outcome)]
-        if bad:
+        outcome = settings_mod.safe_repr(records[0].outcome)
+        expected = settings_mod.safe_repr(spec.expect)
+        try:  # the runs agree: one of them stands for all
+            matches = _expected(spec, records[0].outcome)
+        except Exception as exc:
             return UnexpectedOutcome(
-                f"outcome {state.safe_repr(bad[0].outcome)} of all {n} runs is not the expected "
-                f"{state.safe_repr(spec.expect)} ({header_tail})\n{table}\nrerun: {rerun}"
+                f"outcome {outcome} of all {n} runs cannot be compared with the expected {expected}: "
+                f"{settings_mod.safe_repr(exc)} ({header_tail})\n{table}\nrerun: {rerun}"
+            )
+        if not matches:
+            return UnexpectedOutcome(
+                f"outcome {outcome} of all {n} runs is not the expected {expected} ({header_tail})\n"
+                f"{table}\nrerun: {rerun}"
             )
     return None
 
@@ -307,7 +420,7 @@ def race_data(
         "nodeid": item.nodeid,
         "runs": len(records),
         "failed_runs": sum(r.failed for r in records),
-        "distinct": len({histogram_label(r) for r in records}),
+        "distinct": len(histogram(records)),
         "histogram": [[k, n] for k, n in histogram(records)],
         "label": label,
         "verdict": name,

@@ -54,6 +54,36 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _shorten(text: str, limit: int) -> str:
+    """``text`` on one line of about ``limit`` characters: its middle cut out, control characters escaped.
+
+    The end is kept as well as the start, so that two long values that differ
+    only at the end (two tuples, two strings) still print differently.
+    """
+    if len(text) > limit:
+        head = (limit - 3) * 2 // 3
+        text = text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text
+
+
+def safe_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for a message or a report: shortened by :func:`_shorten`, and never an exception.
+
+    A user's value can have a ``__repr__`` that raises or returns pages of
+    text; an int too long for ``repr`` (Python 3.11's digit limit) is shown in hex.
+    """
+    try:
+        text = repr(value)
+    except Exception as exc:  # a raising __repr__ must not break the report
+        if isinstance(value, int):
+            text = hex(value)
+        else:
+            text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+    return _shorten(text, limit)
+
+
 # Longer waits overflow the C timeouts under multiprocessing's waits (poll()
 # takes milliseconds in a C int: about 24 days), which would surface as an
 # OverflowError in the middle of a test; a week is more than any test needs.
@@ -67,11 +97,12 @@ def positive_seconds(value: Any, where: str, limit: float = MAX_SECONDS) -> floa
         try:
             value = float(value.strip())
         except ValueError:
-            raise SettingError(f"{where}: expected a number of seconds, got {raw!r}") from None
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise SettingError(f"{where}: expected a positive number of seconds, got {raw!r}")
+            raise SettingError(f"{where}: expected a number of seconds, got {safe_repr(raw)}") from None
+    # An int is compared as it is: math.isfinite(10**400) raises OverflowError.
+    if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise SettingError(f"{where}: expected a positive number of seconds, got {safe_repr(raw)}")
     if value > limit:
-        raise SettingError(f"{where}: {raw!r} seconds is more than the limit of {limit:g}")
+        raise SettingError(f"{where}: {safe_repr(raw)} seconds is more than the limit of {limit:g}")
     return float(value)
 
 
@@ -81,11 +112,11 @@ def positive_int(value: Any, where: str, limit: int = 10**9) -> int:
         try:
             value = int(value.strip())
         except ValueError:
-            raise SettingError(f"{where}: expected a positive whole number, got {raw!r}") from None
+            raise SettingError(f"{where}: expected a positive whole number, got {safe_repr(raw)}") from None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SettingError(f"{where}: expected a positive whole number, got {raw!r}")
+        raise SettingError(f"{where}: expected a positive whole number, got {safe_repr(raw)}")
     if value > limit:
-        raise SettingError(f"{where}: {raw!r} is more than the limit of {limit}")
+        raise SettingError(f"{where}: {safe_repr(raw)} is more than the limit of {limit}")
     return value
 
 
@@ -96,16 +127,16 @@ def seed_value(value: Any, where: str) -> int:
         try:
             value = int(value.strip())
         except ValueError:
-            raise SettingError(f"{where}: {expected}, got {raw!r}") from None
+            raise SettingError(f"{where}: {expected}, got {safe_repr(raw)}") from None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise SettingError(f"{where}: {expected}, got {raw!r}")
+        raise SettingError(f"{where}: {expected}, got {safe_repr(raw)}")
     return value
 
 
 def start_method(value: Any, where: str, allow_all: bool = True) -> str:
     choices = START_METHODS + (("all",) if allow_all else ())
     if not isinstance(value, str) or value.strip() not in choices:
-        raise SettingError(f"{where}: expected one of {', '.join(choices)}; got {value!r}")
+        raise SettingError(f"{where}: expected one of {', '.join(choices)}; got {safe_repr(value)}")
     return value.strip()
 
 
@@ -120,9 +151,9 @@ def jitter(value: Any, where: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise SettingError(f"{where}: {expected}, got {raw!r}") from None
-    if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= 1:
-        raise SettingError(f"{where}: {expected}, got {raw!r}")
+            raise SettingError(f"{where}: {expected}, got {safe_repr(raw)}") from None
+    if not _is_number(value) or not 0 <= value <= 1:  # NaN fails the comparison
+        raise SettingError(f"{where}: {expected}, got {safe_repr(raw)}")
     return float(value)
 
 
@@ -130,11 +161,11 @@ def _from(config: pytest.Config, option: str, ini: str) -> tuple[Any, str] | Non
     """The raw value of a setting and where it came from: the option, else the ini key."""
     value = config.getoption(option.lstrip("-").replace("-", "_"))
     if value is not None:
-        return value, f"{option}={value}"
+        return value, f"{option}={_shorten(str(value), 80)}"
     raw = config.getini(ini)
     if raw not in (None, ""):
         source = config.inipath.name if config.inipath else "ini file"
-        return raw, f"ini key {ini} = {raw!r} in {source}"
+        return raw, f"ini key {ini} = {safe_repr(raw)} in {source}"
     return None
 
 
@@ -201,7 +232,8 @@ def _bind(signature_of: Callable[..., None], mark: pytest.Mark, where: str) -> i
 
 
 def _mark_text(mark: pytest.Mark) -> str:
-    parts = [repr(a) for a in mark.args] + [f"{k}={v!r}" for k, v in mark.kwargs.items()]
+    """The marker as written, each argument shortened: ``@pytest.mark.ipc_race(runs=0)``."""
+    parts = [safe_repr(a, 40) for a in mark.args] + [f"{k}={safe_repr(v, 40)}" for k, v in mark.kwargs.items()]
     return f"@pytest.mark.{mark.name}({', '.join(parts)})"
 
 
@@ -214,15 +246,29 @@ def race_spec(mark: pytest.Mark, nodeid: str) -> RaceSpec:
     expect = args["expect"]
     has_expect = expect is not _NO_EXPECT
     if has_expect:
-        try:
-            hash(expect)
-        except TypeError:
-            if not isinstance(expect, (list, set, frozenset, tuple)):
+        # An outcome is hashable (ipc_outcome.record checks), so an unhashable
+        # expect, or one in a list, could never match: a mistake to report now.
+        choices = expect if isinstance(expect, (list, set, frozenset)) else (expect,)
+        for choice in choices:
+            problem = _unhashable(choice)
+            if problem:
                 raise SettingError(
-                    f"{where}: expect must be a value or a list/set of acceptable values, got {expect!r}"
-                ) from None
+                    f"{where}: expect must be a hashable value or a list/set of them, "
+                    f"got {safe_repr(expect)}: {safe_repr(choice)} {problem}"
+                )
     return RaceSpec(runs=runs, budget=budget, expect=expect if has_expect else None,
                     jitter=jit, has_expect=has_expect)
+
+
+def _unhashable(value: Any) -> str:
+    """Why ``value`` cannot be an outcome ("is unhashable"), or "" when it can."""
+    try:
+        hash(value)
+    except TypeError:
+        return "is unhashable"
+    except Exception as exc:  # a __hash__ that raises something else
+        return f"cannot be hashed ({type(exc).__name__})"
+    return ""
 
 
 def _timeout_signature(seconds: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_ipc.settings import Settings, timeout_mark
+from pytest_ipc.settings import Settings, safe_repr, timeout_mark
 
 settings_key = pytest.StashKey[Settings]()
 run_key = pytest.StashKey["RunState"]()
@@ -49,18 +49,13 @@ class Outcome:
                 f"got {type(value).__name__} {safe_repr(value)} (record a tuple instead of a list, "
                 "a frozenset instead of a set)"
             ) from None
+        except Exception as exc:  # a __hash__ that raises something else
+            raise UnhashableOutcome(
+                f"ipc_outcome.record(): the outcome must be hashable so that runs can be compared; "
+                f"hashing {type(value).__name__} {safe_repr(value)} raised {safe_repr(exc)}"
+            ) from None
         self.value = value
         self.recorded = True
-
-
-def safe_repr(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception as exc:  # a raising __repr__ must not break the report
-        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 
 
 @dataclass

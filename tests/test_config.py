@@ -245,6 +245,6 @@ def test_parsers_accept_valid_values_or_name_the_input(name: str, text: str) -> 
         value = PARSERS[name](text, where)
     except settings.SettingError as exc:
         assert str(exc).startswith(where + ": ")
-        assert repr(text) in str(exc)
+        assert settings.safe_repr(text) in str(exc)
     else:
         assert _valid(name, value), value
