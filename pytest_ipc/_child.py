@@ -11,9 +11,12 @@ child at exit).
 from __future__ import annotations
 
 import faulthandler
+import functools
 import importlib
 import os
 import pickle
+import signal
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -56,6 +59,10 @@ class ChildSpec:
     timeout: float
     seed: int
     jitter: float
+    # Whether the worker should die with its parent (see _die_with_parent), and
+    # the parent's pid, or 0 for "whichever process forked me" (the fork server).
+    die_with_parent: bool = False
+    parent_pid: int = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled (spawn, forkserver) before the target's arguments: patch
@@ -120,7 +127,68 @@ def _error_result(stage: str, exc: BaseException, target: Any = None) -> dict[st
     }
 
 
+# prctl(2) option: the signal the kernel sends a process when its parent thread ends.
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once: in the parent, so that fork workers inherit it."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when the process that started it dies (Linux).
+
+    The parent normally ends its workers itself; this covers a parent that
+    cannot, because it was SIGKILLed or crashed (a pytest-xdist worker that
+    dies mid-test, say).  An orphaned worker would otherwise run on, or hang
+    on a lock, forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    from_fork_server = not parent_pid
+    parent_pid = parent_pid or os.getppid()
+    prctl = _libc_prctl()
+    if prctl is None or prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent_pid:
+        # The parent died before prctl took effect: the signal will never come.
+        os._exit(1)
+    if from_fork_server:
+        _let_fork_server_go()
+
+
+def _let_fork_server_go() -> None:
+    """Close this worker's copy of the fork server's keep-alive pipe.
+
+    The fork server exits when the last process holding that pipe's write
+    end does, and it hands a copy to every child it forks; a hung worker
+    would keep it, and so itself, alive after pytest died.  Without the copy
+    the fork server exits with pytest and the kernel then ends this worker.
+    (The copy is only needed to reuse the fork server: a worker that starts
+    its own forkserver children starts a server of its own anyway.)
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - already closed
+            pass
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
 def _prepare_process(spec: ChildSpec) -> None:
+    if spec.die_with_parent:
+        _die_with_parent(spec.parent_pid)
     if resource is not None:
         # A hung worker is ended with SIGABRT so that faulthandler writes its
         # stacks; that must not leave a core file in the user's directory.

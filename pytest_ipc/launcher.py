@@ -13,7 +13,9 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -324,6 +326,7 @@ class IpcWorkers:
         ready_r, ready_w = self._ctx.Pipe(duplex=False)
         go_r, go_w = self._ctx.Pipe(duplex=False)
         new: list[Worker] = []
+        parent_pid = _death_watch_pid(method)
         try:
             for _ in range(count):
                 index = len(self.workers)
@@ -331,6 +334,7 @@ class IpcWorkers:
                 spec = _child.ChildSpec(
                     name=wname, index=index, workdir=self._workdir, ready=ready_w, go=go_r,
                     timeout=self.timeout, seed=self.seed, jitter=self.jitter,
+                    die_with_parent=parent_pid is not None, parent_pid=parent_pid or 0,
                 )
                 proc = self._ctx.Process(
                     target=_child.bootstrap, name=wname,
@@ -559,12 +563,29 @@ class IpcWorkers:
             if w.joined:
                 continue
             try:
-                w.process.join(0)
+                w.process.join(KILL_GRACE)  # reaped: 0 can miss a process still exiting
                 w.process.close()
             except ValueError:  # still running after SIGKILL: nothing more to do
                 pass
         shutil.rmtree(self._workdir, ignore_errors=True)
         return complaints
+
+
+def _death_watch_pid(method: str) -> int | None:
+    """The pid a new worker should die with, or None when that would change what the test means.
+
+    The kernel's parent-death signal fires when the *thread* that forked the
+    worker ends.  Under forkserver that is the fork server's main thread, and
+    the fork server exits when this process dies.  Otherwise it is the thread
+    calling ``start()``: only the main thread is sure to outlive the workers.
+    """
+    if sys.platform.startswith("linux"):
+        _child._libc_prctl()  # looked up here once, not in every fork worker
+    if method == "forkserver":
+        return 0  # the fork server: the child reads its parent's pid itself
+    if threading.current_thread() is threading.main_thread():
+        return os.getpid()
+    return None
 
 
 def _release(go_w: Any, count: int) -> None:

@@ -4,18 +4,63 @@ Both are fed from the call reports that carry ``ipc_race`` data, so under
 pytest-xdist they work on the controller from the reports the workers send;
 workers themselves print and write nothing.  The shards of a test
 (``--ipc-shards``) are merged here into one entry and one verdict; a race
-that only the merged histogram shows fails the session.
+that only the merged histogram shows fails the session.  A shard that failed
+without sending its race data (its pytest-xdist worker crashed, or it could
+not set up) is a missing shard: the merged entry names it and is never a pass.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from typing import Any
 
 import pytest
 
-SCHEMA_VERSION = 1
+from pytest_ipc import state
+
+# 2: verdict "incomplete" with "missing_shards", and "interrupted" entries.
+SCHEMA_VERSION = 2
+
+# A shard's part of a node id, between the id's brackets or dashes: ``shard2of4``.
+_SHARD_TOKEN = re.compile(r"(?<=[\[-])shard(\d+)of(\d+)(?=[\]-])")
+
+
+def shard_of_nodeid(nodeid: str, shards: int) -> tuple[str, int, int] | None:
+    """The base node id, shard number (from 1) and shard count of a shard's node id, or None.
+
+    The controller of pytest-xdist has no items, only node ids: a crashed
+    shard is known by its id alone.  ``shards`` is the session's
+    ``--ipc-shards``; a test is never split into more.
+    """
+    from pytest_ipc.race import Shard, base_nodeid
+
+    if shards < 2 or "[" not in nodeid:
+        return None
+    params = nodeid[nodeid.index("["):]
+    found = list(_SHARD_TOKEN.finditer(params))
+    if not found:
+        return None
+    number, count = int(found[-1].group(1)), int(found[-1].group(2))
+    if not 2 <= count <= shards or not 1 <= number <= count:
+        return None
+    return base_nodeid(nodeid, Shard(number - 1, count)), number, count
+
+
+def _missing_reason(report: pytest.TestReport) -> str:
+    """One line on why a shard sent no race data: xdist's crash message, or the error."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = str(crash.message if crash is not None else report.longrepr or "failed").strip()
+    line = text.splitlines()[0] if text else "failed"
+    if len(line) > 200:
+        line = line[:197] + "..."
+    if report.when in ("setup", "teardown"):
+        return f"error in {report.when}: {line}"
+    if report.when == "call":
+        return f"failed: {line}"
+    return line  # pytest-xdist's crash report (when "???") says it all
 
 
 class RaceReporter:
@@ -27,6 +72,9 @@ class RaceReporter:
         self.report_path = report_path
         self.results: dict[str, dict[str, Any]] = {}
         self.shards: dict[str, dict[int, dict[str, Any]]] = {}  # base node id -> shard -> its data
+        # base node id -> shard -> {shard, of, nodeid, reason}: shards that crashed or never set up
+        self.missing: dict[str, dict[int, dict[str, Any]]] = {}
+        self.shard_limit = state.settings(config).shards  # --ipc-shards: no test has more
         self.merged = False
         self.hidden_races: list[pytest.TestReport] = []  # merged verdicts that no shard's own verdict failed
         self.locations: dict[str, tuple[str, int | None, str]] = {}
@@ -43,6 +91,23 @@ class RaceReporter:
                 self.results.setdefault(base, {})  # the test's place in the report; filled by _merge
                 self.shards.setdefault(base, {})[data["shard"]] = entry
                 self.locations[base] = report.location
+        elif report.failed and not isinstance(data, dict):
+            self._note_missing(report)
+
+    def _note_missing(self, report: pytest.TestReport) -> None:
+        """Remember a failed shard report without race data: a crash (xdist) or a set-up error.
+
+        Shards that later send their data (a crashed shard rescheduled by
+        another plugin's ``pytest_handlecrashitem``) are merged as usual.
+        """
+        found = shard_of_nodeid(report.nodeid, self.shard_limit)
+        if found is None:
+            return
+        base, number, count = found
+        self.results.setdefault(base, {})
+        self.missing.setdefault(base, {}).setdefault(
+            number, {"shard": number, "of": count, "nodeid": report.nodeid, "reason": _missing_reason(report)}
+        )
 
     def _merge(self) -> None:
         """Replace the shards of every sharded test by one merged entry, once."""
@@ -51,7 +116,25 @@ class RaceReporter:
         self.merged = True
         from pytest_ipc.race import merge_shards
 
-        for base, by_shard in self.shards.items():
+        # The test that Ctrl-C or SIGTERM cut short: what its completed runs found.
+        for data in self.config.stash.get(state.interrupted_key, []):
+            self.results.setdefault(data["nodeid"], dict(data, outcome="interrupted", xfail=False))
+
+        for base in list(self.results):
+            by_shard = self.shards.get(base, {})
+            missing = {k: v for k, v in self.missing.get(base, {}).items() if k not in by_shard}
+            if not by_shard and not missing:
+                continue  # not a sharded test
+            gone = [missing[k] for k in sorted(missing)]
+            if not by_shard:
+                # Every shard crashed or failed to set up: no run's data reached us.
+                self.results[base] = {
+                    "nodeid": base, "runs": 0, "failed_runs": 0, "distinct": 0, "histogram": [],
+                    "label": "outcome", "verdict": "incomplete", "start_method": None, "seed": self.seed,
+                    "jitter": None, "duration": 0.0, "shards": 0, "missing_shards": gone,
+                    "outcome": "failed", "xfail": False,
+                }
+                continue
             shards = [by_shard[k] for k in sorted(by_shard)]
             merged, message = merge_shards(shards)
             xfail = any(d["xfail"] for d in shards)
@@ -62,7 +145,12 @@ class RaceReporter:
                     base, self.locations[base], {}, "failed", message, "call"
                 ))
                 failed = True
-            self.results[base] = dict(merged, outcome="failed" if failed else "passed", xfail=xfail)
+            if gone and merged["verdict"] == "passed":
+                # The shards that reported agree, but the runs of the others are unknown.
+                merged["verdict"] = "incomplete"
+            self.results[base] = dict(
+                merged, missing_shards=gone, outcome="failed" if failed or gone else "passed", xfail=xfail
+            )
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -74,8 +162,11 @@ class RaceReporter:
         verbose = self.config.getoption("verbose") > 0
         width = max(len(n) for n in self.results)
         for nodeid, data in self.results.items():
-            verdict = {"race": "RACE", "failed": "FAILED", "unexpected": "UNEXPECTED"}.get(data["verdict"], "passed")
-            if data.get("xfail"):
+            verdict = {"race": "RACE", "failed": "FAILED", "unexpected": "UNEXPECTED",
+                       "incomplete": "INCOMPLETE"}.get(data["verdict"], "passed")
+            if data.get("interrupted"):
+                verdict = f"INTERRUPTED ({verdict.lower()} so far)"
+            elif data.get("xfail"):
                 verdict += " (xfail)"
             elif data["verdict"] == "passed" and data.get("outcome") == "failed":
                 verdict = "XPASS(strict)"  # the runs agreed, but the test was marked xfail(strict=True)
@@ -85,7 +176,9 @@ class RaceReporter:
                 f"{nodeid:<{width}}  {data['runs']:>6} runs  {data['distinct']:>4} {outcomes:<8}  "
                 f"{verdict:<10}  {data['duration']:.2f}s{shards}"
             )
-            if verbose:
+            for gone in data.get("missing_shards", ()):
+                tr.write_line(f"  shard {gone['shard']} of {gone['of']} sent no result: {gone['reason']}", red=True)
+            if verbose or data.get("interrupted"):
                 from pytest_ipc.race import format_histogram
 
                 rows = [(label, count) for label, count in data["histogram"]]
@@ -94,7 +187,8 @@ class RaceReporter:
         tr.write_line(f"seed {self.seed}: rerun any of these with --ipc-seed={self.seed}")
         for race in self.hidden_races:
             tr.write_line("")
-            tr.write_line(f"{race.nodeid}: every shard passed, but together they disagree", red=True)
+            which = "the shards that reported" if self.results[race.nodeid]["missing_shards"] else "every shard"
+            tr.write_line(f"{race.nodeid}: {which} passed, but together they disagree", red=True)
             for line in str(race.longrepr).splitlines():
                 tr.write_line(line)
         if self.hidden_races:
@@ -117,8 +211,20 @@ class RaceReporter:
             "exitstatus": int(exitstatus),
             "tests": [dict(data, nodeid=nodeid) for nodeid, data in self.results.items()],
         }
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        # A new file of our own, never one a symlink named ``<path>.tmp`` points to.
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(payload, f, indent=2)
+                f.write("\n")
+            os.chmod(tmp, 0o666 & ~_umask())  # as open() would have made it
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -40,6 +40,18 @@ def record(pid=None):
         f.write(f"{pid or os.getpid()}\\n")
 
 
+def wait_recorded(pid):
+    """Return once ``pid`` is in the pid file (the worker got past record())."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(os.environ["IPC_TEST_PIDFILE"], "a+") as f:
+            f.seek(0)
+            if str(pid) in f.read().split():
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"worker {pid} never recorded its pid")
+
+
 def give(value):
     record()
     return value
@@ -480,14 +492,16 @@ def test_worker_left_at_teardown_is_an_error_naming_it(
         import helpers
 
         def test_still_running(ipc_workers):
-            ipc_workers.start(helpers.sleep_forever, name="forgotten")
+            [worker] = ipc_workers.start(helpers.sleep_forever, name="forgotten")
+            helpers.wait_recorded(worker.pid)  # so that the outer test can check it is gone
 
         def test_exited_but_never_joined(ipc_workers):
             [worker] = ipc_workers.start(helpers.raise_value_error, name="unchecked")
             worker.process.join(30)
 
         def test_already_failed(ipc_workers):
-            ipc_workers.start(helpers.sleep_forever, name="abandoned")
+            [worker] = ipc_workers.start(helpers.sleep_forever, name="abandoned")
+            helpers.wait_recorded(worker.pid)
             assert False, "the test's own failure"
         """
     )
