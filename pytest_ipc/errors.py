@@ -12,7 +12,10 @@ from _pytest.outcomes import Failed
 
 __all__ = [
     "RaceDetected",
+    "LeakError",
+    "LeakWarning",
     "RunsFailed",
+    "Terminated",
     "UnexpectedOutcome",
     "WorkerError",
     "WorkerFailed",
@@ -58,9 +61,31 @@ class RaceDetected(Failed):
         super().__init__(msg, pytrace=False)
 
 
+class LeakError(Failed):
+    """A pytest-ipc test left a process, a SharedMemory segment or a Pipe behind (see leaks.py)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, pytrace=False)
+
+
+class LeakWarning(UserWarning):
+    """What :class:`LeakError` reports, as a warning (``--ipc-leak-check=warn``)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """pytest received SIGTERM while a pytest-ipc test ran.
+
+    Raised from the signal handler so that the session stops the way it does
+    on Ctrl-C: fixtures are torn down (workers ended, shared memory
+    released) and the summary printed, instead of the process vanishing and
+    orphaning its workers.
+    """
+
+
 # Report the public name users import, not the private module.
 for _cls in (
-    WorkerError, WorkerStartError, WorkerFailed, WorkerTimeout, RunsFailed, UnexpectedOutcome, RaceDetected
+    WorkerError, WorkerStartError, WorkerFailed, WorkerTimeout, RunsFailed, UnexpectedOutcome, RaceDetected,
+    LeakError, LeakWarning, Terminated,
 ):
     _cls.__module__ = "pytest_ipc"
 del _cls

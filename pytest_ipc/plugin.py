@@ -7,7 +7,10 @@ Everything heavy is imported lazily by the fixtures and the race runner.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, Generator
 
 import pytest
@@ -98,8 +101,11 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_ipc.report import RaceReporter
 
         config.pluginmanager.register(RaceReporter(config, cfg.seed, cfg.report_path), "pytest_ipc.report")
-    if config.pluginmanager.hasplugin("xdist"):
+    # "xdist.plugin" when loaded with -p xdist.plugin and plugin autoload off.
+    if config.pluginmanager.hasplugin("xdist") or config.pluginmanager.hasplugin("xdist.plugin"):
         config.pluginmanager.register(XdistHooks(), "pytest_ipc.xdist")
+    if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
+        config.pluginmanager.register(SigtermHooks(), "pytest_ipc.sigterm")
 
 
 class XdistHooks:
@@ -228,6 +234,90 @@ def _methods_to_parametrize(metafunc: pytest.Metafunc) -> tuple[str, ...]:
 
 def _is_race(item: pytest.Item) -> bool:
     return item.get_closest_marker("ipc_race") is not None
+
+
+# The fixtures by which a test uses pytest-ipc (every other one of ours depends on ipc_start_method).
+_OUR_FIXTURES = frozenset({"ipc_start_method", "ipc_outcome"})
+
+
+def uses_plugin(item: pytest.Item) -> bool:
+    """Whether ``item`` uses pytest-ipc: a pytest-ipc fixture or the ipc_race marker."""
+    names = getattr(item, "fixturenames", ())
+    return _is_race(item) or any(name in _OUR_FIXTURES for name in names)
+
+
+class SigtermHooks:
+    """While a pytest-ipc test runs, SIGTERM stops pytest as Ctrl-C does.
+
+    By default SIGTERM kills pytest on the spot: no fixture teardown, so
+    workers, Managers and shared memory are left behind.  Only the default
+    disposition is replaced, and only around tests that use the plugin, so a
+    handler of the user's or of another plugin is left alone.
+    """
+
+    def __init__(self) -> None:
+        import pytest_ipc.errors  # noqa: F401  (not inside the signal handler)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+        if not uses_plugin(item) or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return (yield)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            return (yield)
+        finally:
+            if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_PYTEST_PID = os.getpid()
+_swapped_for_fork = False
+
+
+def _default_sigterm_across_fork() -> None:
+    """Fork children start with SIGTERM's default disposition, not our handler.
+
+    A child that inherits a Python-level handler can lose a SIGTERM sent
+    right after the fork, before its interpreter is ready to run handlers:
+    ``Process.terminate()`` just after ``start()`` then does not end it
+    (tests/test_interrupt.py shows it).
+    """
+    global _swapped_for_fork
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _swapped_for_fork = True
+
+
+def _restore_sigterm_after_fork() -> None:
+    global _swapped_for_fork
+    if _swapped_for_fork:
+        _swapped_for_fork = False
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _forget_sigterm_swap() -> None:
+    global _swapped_for_fork
+    _swapped_for_fork = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_default_sigterm_across_fork,
+        after_in_parent=_restore_sigterm_after_fork,
+        after_in_child=_forget_sigterm_swap,
+    )
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    # A second SIGTERM, while the first one's clean-up runs, kills at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if os.getpid() != _PYTEST_PID:
+        # A fork child inherited the handler: end as it would have without us.
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    from pytest_ipc.errors import Terminated  # imported already, by SigtermHooks
+
+    raise Terminated("pytest received SIGTERM: stopping as on Ctrl-C, with teardown")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -289,10 +289,13 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     started = time.monotonic()
     parent = item.parent
     interrupted = False
+    # The test's own record_property calls count for its last run only, not once per run.
+    own_properties = list(item.user_properties)
     try:
         for position, index in enumerate(indices):
             if position and budget is not None and time.monotonic() - started >= budget:
                 break
+            item.user_properties = list(own_properties)
             record = RunRecord(index, state.derive_seed(cfg.seed, seed_id, index))
             item.stash[state.run_key] = state.RunState(index, record.seed, jitter)
             if state.call_failed_key in item.stash:  # this run has not reported yet
@@ -303,15 +306,18 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
             record.sections = list(item._report_sections)  # type: ignore[attr-defined]
             _score(record, race, item)
             records.append(record)
+            _forget_details(records)
             if _stop_early(record, position):
                 break
     except KeyboardInterrupt:
         interrupted = True
+        # What the completed runs found, for the session's race report.
+        _keep_interrupted(item, records, spec, cfg, jitter, time.monotonic() - started)
         raise
     finally:
         duration = time.monotonic() - started
         final_teardown = CallInfo.from_call(
-            lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown"
+            lambda: item.session._setupstate.teardown_exact(None if interrupted else nextitem), when="teardown"
         )
         if not interrupted:
             _log_verdict(item, race, records, spec, cfg, jitter, duration, final_teardown)
@@ -332,6 +338,22 @@ def _score(record: RunRecord, race: RaceRun, item: pytest.Item) -> None:
     else:
         record.outcome = run.auto_total
         record.auto = True
+
+
+def _forget_details(records: list[RunRecord]) -> None:
+    """Drop the reports and output of the run before the newest unless the verdict shows them.
+
+    The verdict logs the first run's setup report, the first failed run's
+    traceback and output, and the last run's teardown (or output); keeping
+    every run's would grow memory with the number of runs.
+    """
+    if len(records) < 3:
+        return
+    previous = records[-2]
+    if previous.failed and not any(r.failed for r in records[:-2]):
+        return
+    previous.reports = []
+    previous.sections = []
 
 
 def _stop_early(record: RunRecord, position: int) -> bool:
@@ -431,6 +453,33 @@ def race_data(
     }
 
 
+def _judge(
+    item: pytest.Item, records: list[RunRecord], spec: settings_mod.RaceSpec, cfg: settings_mod.Settings,
+    jitter: float,
+) -> tuple[str, str, BaseException | None]:
+    """The start method, the outcome label and the verdict (None: passed) of ``records``."""
+    method = _start_method(item)
+    ok = [r for r in records if not r.failed]
+    # "total" only when every outcome is the automatic shared_value/shared_array total.
+    label = "total" if ok and all(r.auto and r.outcome is not None for r in ok) else "outcome"
+    header_tail = f"start method {method}, seed {cfg.seed}, jitter {_jitter_name(jitter)}"
+    rerun = _rerun_line(item, cfg, method, jitter, spec.runs)
+    return method, label, _verdict(records, spec, header_tail, label, rerun)
+
+
+def _keep_interrupted(
+    item: pytest.Item, records: list[RunRecord], spec: settings_mod.RaceSpec, cfg: settings_mod.Settings,
+    jitter: float, duration: float,
+) -> None:
+    """Stash the race data of the runs completed before Ctrl-C or SIGTERM (see report.py)."""
+    if not records:
+        return
+    method, label, verdict = _judge(item, records, spec, cfg, jitter)
+    data = race_data(item, records, verdict, method, cfg.seed, jitter, duration, label)
+    data["interrupted"] = True
+    item.config.stash.setdefault(state.interrupted_key, []).append(data)
+
+
 def _log_verdict(
     item: pytest.Item, race: RaceRun, records: list[RunRecord], spec: settings_mod.RaceSpec,
     cfg: settings_mod.Settings, jitter: float, duration: float, final_teardown: CallInfo[None],
@@ -445,13 +494,7 @@ def _log_verdict(
             hook.pytest_runtest_logreport(report=rep)
         _log_teardown(item, race, first.reports[-1], final_teardown)
         return
-    method = _start_method(item)
-    ok = [r for r in records if not r.failed]
-    # "total" only when every outcome is the automatic shared_value/shared_array total.
-    label = "total" if ok and all(r.auto and r.outcome is not None for r in ok) else "outcome"
-    header_tail = f"start method {method}, seed {cfg.seed}, jitter {_jitter_name(jitter)}"
-    rerun = _rerun_line(item, cfg, method, jitter, spec.runs)
-    verdict = _verdict(records, spec, header_tail, label, rerun)
+    method, label, verdict = _judge(item, records, spec, cfg, jitter)
 
     data = race_data(item, records, verdict, method, cfg.seed, jitter, duration, label)
     shard = shard_of(item)
@@ -499,7 +542,9 @@ def _name_verdict(report: pytest.TestReport, verdict: BaseException) -> None:
 def _log_teardown(item: pytest.Item, race: RaceRun, last: pytest.TestReport, final: CallInfo[None]) -> None:
     """Log the last run's teardown report, or the final teardown's error if there was one."""
     race.finalizing = True
-    if final.excinfo is not None:
+    if final.excinfo is not None or last.failed:
+        # A failed teardown of the last run is already counted in the verdict:
+        # only the final teardown's own error is logged as the test's.
         last = item.ihook.pytest_runtest_makereport(item=item, call=final)
     # junitxml writes a test's properties from its teardown report, which was
     # made before the verdict added the ipc_* properties to the item.

@@ -15,6 +15,8 @@ run_key = pytest.StashKey["RunState"]()
 call_failed_key = pytest.StashKey[bool]()
 timeout_key = pytest.StashKey[float]()
 race_key = pytest.StashKey[Any]()  # a race.RaceRun while an ipc_race test runs
+# Race data (race.race_data) of the ipc_race test that Ctrl-C or SIGTERM cut short.
+interrupted_key = pytest.StashKey[list]()
 
 
 def settings(config: pytest.Config) -> Settings:
