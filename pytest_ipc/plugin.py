@@ -18,6 +18,7 @@ import pytest
 from pytest_ipc import fixtures as fixtures_mod
 from pytest_ipc import settings as settings_mod
 from pytest_ipc import state
+from pytest_ipc.leaks import _ipc_leak_check  # noqa: F401  (the autouse leak check fixture)
 from pytest_ipc.fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
     fanin_queue,
     ipc_context,
@@ -79,12 +80,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ipc-shards", dest="ipc_shards", default=None, metavar="K",
                     help="split the runs of every ipc_race test into K test items [shard1ofK] ... that "
                          "pytest-xdist spreads over its workers; the verdicts are merged per test (default 1).")
+    group.addoption("--ipc-leak-check", dest="ipc_leak_check", default=None, metavar="MODE",
+                    help="what a process, SharedMemory segment, Pipe or Manager that a pytest-ipc test "
+                         "leaves behind does: fail the test, warn, or off (default fail).")
     parser.addini("ipc_start_method", "default start method of the IPC fixtures", default="")
     parser.addini("ipc_timeout", "default timeout in seconds of the IPC fixtures", default="")
     parser.addini("ipc_runs", "default number of runs of an ipc_race test", default="")
     parser.addini("ipc_budget", "default time budget in seconds of an ipc_race test", default="")
     parser.addini("ipc_seed", "session seed of pytest-ipc", default="")
     parser.addini("ipc_jitter", "race amplification level: off, low, high or a probability", default="")
+    parser.addini("ipc_leak_check", "leak check after pytest-ipc tests: off, warn or fail", default="")
     parser.addini("ipc_shards", "number of test items each ipc_race test's runs are split into", default="")
 
 

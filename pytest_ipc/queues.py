@@ -121,6 +121,12 @@ class FanInQueue(queues.Queue):  # type: ignore[type-arg]
                 os.close(fd)
         if joiner.is_alive():
             self.cancel_join_thread()
+        else:
+            # Queue.close() leaves the read end, and the write end when no
+            # feeder ever started, open until the queue is collected; the
+            # fixture's queue must not outlive the test.
+            self._reader.close()
+            self._writer.close()
 
     def _dup_reader(self) -> int | None:
         """A private copy of the read end: the feeder closes the queue's own when it exits."""

@@ -48,6 +48,7 @@ class Settings:
     jitter: float
     report_path: str | None
     shards: int = DEFAULT_SHARDS  # items each ipc_race test's runs are split into (for pytest-xdist)
+    leak_check: str = "fail"  # off, warn or fail: what a leak found after a test does (leaks.py)
 
 
 def _is_number(value: Any) -> bool:
@@ -140,6 +141,17 @@ def start_method(value: Any, where: str, allow_all: bool = True) -> str:
     return value.strip()
 
 
+LEAK_CHECK_MODES = ("off", "warn", "fail")
+
+
+def leak_check(value: Any, where: str) -> str:
+    """``off``, ``warn`` or ``fail``."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in LEAK_CHECK_MODES:
+        raise SettingError(f"{where}: expected one of {', '.join(LEAK_CHECK_MODES)}; got {safe_repr(value)}")
+    return text  # type: ignore[return-value]
+
+
 def jitter(value: Any, where: str) -> float:
     """``off``/``low``/``high`` or a probability in [0, 1]."""
     raw = value
@@ -197,6 +209,7 @@ def from_config(config: pytest.Config) -> Settings:
             report_path=config.getoption("ipc_report"),
             shards=_read(config, "--ipc-shards", "ipc_shards",
                          lambda raw, where: positive_int(raw, where, limit=MAX_SHARDS), DEFAULT_SHARDS),
+            leak_check=_read(config, "--ipc-leak-check", "ipc_leak_check", leak_check, "fail"),
         )
     except SettingError as exc:
         raise pytest.UsageError(f"pytest-ipc: {exc}") from None

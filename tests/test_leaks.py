@@ -1,0 +1,317 @@
+"""The leak check: what a pytest-ipc test leaves behind fails that test, and is cleaned up.
+
+Every inner session runs in a pytest subprocess.  Each inner test writes the
+pid of every process it starts and the name of every segment it creates to
+files, and the outer test checks afterwards that none of them survived:
+reporting a leak is not enough, the plugin must also end it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+METHODS = ["fork", "spawn", "forkserver"]
+
+# Targets and helpers of the inner sessions.  Not importing pytest keeps
+# spawn children fast.
+HELPERS = '''
+import json
+import os
+import time
+
+
+def note(kind, value):
+    """Record a pid or a segment name for the outer test to check."""
+    with open(os.environ["LEAK_TEST_NOTES"], "a") as f:
+        f.write(json.dumps([kind, value]) + "\\n")
+
+
+def wait_for(event):
+    event.wait()  # never set: runs until ended
+
+
+def quick():
+    pass
+'''
+
+# Kept module-level in the inner test file: reachable after the test, so a
+# real leak and not garbage.
+LEAKS = '''
+import multiprocessing
+import multiprocessing.connection
+from multiprocessing import shared_memory
+
+import pytest
+
+import helpers
+
+KEEP = []
+
+
+def test_process_still_running(ipc_context):
+    event = ipc_context.Event()
+    KEEP.append(event)
+    # A daemon, so that with the check off the session still ends (multiprocessing
+    # joins non-daemon children at exit).
+    p = ipc_context.Process(target=helpers.wait_for, args=(event,), name="stuck-worker", daemon=True)
+    p.start()
+    helpers.note("pid", p.pid)
+
+
+def test_process_exited_never_joined(ipc_context):
+    p = ipc_context.Process(target=helpers.quick, name="unjoined-worker")
+    p.start()
+    helpers.note("pid", p.pid)
+    KEEP.append(p)
+    multiprocessing.connection.wait([p.sentinel])  # it has exited; never joined
+
+
+def test_shared_memory_never_unlinked(ipc_context):
+    shm = shared_memory.SharedMemory(create=True, size=64)
+    helpers.note("shm", shm.name)
+    shm.close()
+
+
+def test_pipe_never_closed(ipc_context):
+    KEEP.append(ipc_context.Pipe())
+
+
+def test_manager_never_shut_down(ipc_context):
+    manager = ipc_context.Manager()
+    helpers.note("pid", manager._process.pid)
+    KEEP.append(manager.dict())
+'''
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _check_nothing_left(notes: Path, strict: bool = True) -> None:
+    """Every pid noted is gone and every segment noted is unlinked (not ``strict``: make it so)."""
+    if not notes.exists():
+        return
+    entries = [json.loads(line) for line in notes.read_text().splitlines()]
+    notes.unlink()
+    pids = [v for k, v in entries if k == "pid"]
+    deadline = time.monotonic() + 5  # SIGKILL is asynchronous
+    alive = [p for p in pids if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if not _gone(p)]
+    for pid in alive:
+        psutil.Process(pid).kill()
+    segments = [v for k, v in entries if k == "shm" and Path("/dev/shm", v.lstrip("/")).exists()]
+    for name in segments:
+        Path("/dev/shm", name.lstrip("/")).unlink()
+    if strict:
+        assert not alive, f"processes outlived the session: {alive}"
+        assert not segments, f"segments left in /dev/shm: {segments}"
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    notes = tmp_path / "notes.jsonl"
+    monkeypatch.setenv("LEAK_TEST_NOTES", str(notes))
+    pytester.makepyfile(helpers=HELPERS)
+
+    def run(*args: str, plugins: tuple[str, ...] = (), strict: bool = True) -> pytest.RunResult:
+        extra = [a for p in plugins for a in ("-p", p)]
+        result = pytester.runpytest_subprocess("-p", "pytest_ipc", "-p", "no:cacheprovider", *extra, *args,
+                                               timeout=120)
+        result.stdout.no_fnmatch_line("*INTERNALERROR*")
+        _check_nothing_left(notes, strict)
+        return result
+
+    yield run
+    _check_nothing_left(notes)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_leak_fails_its_test_naming_it(pytester: pytest.Pytester, inner, method: str) -> None:
+    pytester.makepyfile(test_leaks=LEAKS)
+    result = inner(f"--ipc-start-method={method}")
+    result.assert_outcomes(passed=5, errors=5)
+    result.stdout.fnmatch_lines_random([
+        "ERROR test_leaks.py::test_process_still_running - pytest_ipc.LeakError*",
+        "*process never joined: stuck-worker (pid *) was still running; call join() on it*",
+        "*process never joined: unjoined-worker (pid *) had exited with code 0; call join() on it*",
+        "*SharedMemory never unlinked: '*' in /dev/shm; call unlink() on it*",
+        "*Pipe never closed: a Connection over a *, fd * (duplex); call close() on both ends*",
+        "*Manager never shut down: its server process SyncManager-* (pid *) was still running*",
+    ])
+    # Only what each test leaked is its error: one process, segment or Manager,
+    # or the two ends of one Pipe.
+    assert result.stdout.str().count("left 1 thing(s) behind") == 4, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_pipe_never_closed left 2 thing(s) behind*"])
+    # The reports are the plugin's message, not a traceback from inside it.
+    result.stdout.no_fnmatch_line("*pytest_ipc/leaks.py*")
+
+
+# Correct code must never be reported (the check must not cry wolf).
+CORRECT = '''
+import gc
+from multiprocessing import shared_memory
+
+import pytest
+
+import helpers
+
+
+def test_joined_processes(ipc_context):
+    ps = [ipc_context.Process(target=helpers.quick) for _ in range(3)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+
+
+def test_unlinked_segment(ipc_context):
+    shm = shared_memory.SharedMemory(create=True, size=64)
+    shm.close()
+    shm.unlink()
+
+
+def test_closed_pipe_and_garbage_pipe(ipc_context):
+    a, b = ipc_context.Pipe()
+    a.close()
+    b.close()
+    ipc_context.Pipe()  # dropped at once: garbage, closed when collected
+
+
+def test_queue_used_and_dropped(ipc_context):
+    q = ipc_context.Queue()
+    for i in range(100):
+        q.put(i)  # starts the feeder thread, which closes the pipe itself later
+    assert [q.get(timeout=10) for _ in range(100)] == list(range(100))
+
+
+def test_manager_in_with(ipc_context):
+    with ipc_context.Manager() as m:
+        d = m.dict()
+        d["x"] = 1
+
+
+def test_fixtures_and_workers(shared_value, pipe_pair, fanin_queue, ipc_workers):
+    ipc_workers.start(helpers.quick, count=2)
+    ipc_workers.join()
+
+
+@pytest.fixture(scope="module")
+def module_pipe():
+    import multiprocessing
+    a, b = multiprocessing.Pipe()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def module_manager():
+    import multiprocessing
+    with multiprocessing.Manager() as m:
+        yield m
+
+
+def test_module_fixtures_are_not_this_tests_leak(module_pipe, module_manager, ipc_context):
+    module_manager.dict()
+
+
+def test_module_fixtures_again(module_pipe, module_manager, ipc_context):
+    pass
+
+
+@pytest.mark.ipc_race(runs=5)
+def test_race_runs_clean(ipc_context, ipc_outcome):
+    with ipc_context.Manager() as m:
+        ipc_outcome.record(len(m.list([1, 2])))
+'''
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_correct_code_is_never_reported(pytester: pytest.Pytester, inner, method: str) -> None:
+    pytester.makepyfile(test_correct=CORRECT)
+    # Several rounds: a feeder thread or a collector running late must not make it flaky.
+    result = inner(f"--ipc-start-method={method}", "--count=3", plugins=("pytest_repeat",))
+    result.assert_outcomes(passed=27)
+
+
+def test_warn_and_off_modes(pytester: pytest.Pytester, inner) -> None:
+    pytester.makepyfile(test_leaks=LEAKS)
+    warned = inner("--ipc-leak-check=warn", "-W", "always")
+    warned.assert_outcomes(passed=5, warnings=5)
+    # Attributed to the test that leaked, not to the plugin's code.
+    warned.stdout.fnmatch_lines(["*test_leaks.py:*: LeakWarning: test_leaks.py::test_process_still_running left 1*"])
+    warned.stdout.no_fnmatch_line("*pytest_ipc/leaks.py*")
+    # Off: nothing reported or cleaned up; what leaked stays the user's problem.
+    pytester.makeini("[pytest]\nipc_leak_check = off\n")
+    off = inner(strict=False)
+    off.assert_outcomes(passed=5)
+    off.stdout.no_fnmatch_line("*Leak*")
+
+
+def test_failing_test_is_not_blamed_twice_but_cleaned_up(pytester: pytest.Pytester, inner) -> None:
+    pytester.makepyfile(
+        """
+        import helpers
+
+        def test_fails(ipc_context):
+            event = ipc_context.Event()
+            p = ipc_context.Process(target=helpers.wait_for, args=(event,))
+            p.start()
+            helpers.note("pid", p.pid)
+            assert False, "the test's own failure"
+        """
+    )
+    result = inner()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*AssertionError: the test's own failure*"])
+    result.stdout.no_fnmatch_line("*left * thing(s) behind*")
+
+
+def test_leak_in_race_runs_fails_the_runs(pytester: pytest.Pytester, inner) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        import helpers
+
+        KEEP = []
+
+        @pytest.mark.ipc_race(runs=3)
+        def test_leaks_every_run(ipc_context):
+            KEEP.append(ipc_context.Pipe())
+        """
+    )
+    result = inner()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RunsFailed: failed in 3 of 3 runs*", "*failed (LeakError in teardown)*"])
+
+
+def test_tests_not_using_the_plugin_are_not_checked(pytester: pytest.Pytester, inner) -> None:
+    pytester.makepyfile(
+        """
+        import multiprocessing
+
+        KEEP = []
+
+        def test_plain():
+            KEEP.append(multiprocessing.Pipe())
+        """
+    )
+    inner().assert_outcomes(passed=1)
+
+
+def test_bad_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("-p", "pytest_ipc", "--ipc-leak-check=loud")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--ipc-leak-check=loud: expected one of off, warn, fail; got 'loud'*"])
