@@ -263,6 +263,15 @@ class SigtermHooks:
     def __init__(self) -> None:
         import pytest_ipc.errors  # noqa: F401  (not inside the signal handler)
 
+        self._fork_before: Any = None
+        if _real_fork is not None and hasattr(signal, "pthread_sigmask") and os.fork is _real_fork:
+            self._fork_before = os.fork
+            os.fork = _fork_keeping_sigterm
+
+    def pytest_unconfigure(self) -> None:
+        if self._fork_before is not None and os.fork is _fork_keeping_sigterm:
+            os.fork = self._fork_before
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
         if not uses_plugin(item) or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -276,44 +285,53 @@ class SigtermHooks:
 
 
 _PYTEST_PID = os.getpid()
-_swapped_for_fork = False
+# True while this process forks with SIGTERM blocked (see _fork_keeping_sigterm),
+# and whether a SIGTERM came meanwhile.
+_forking = False
+_deferred = False
+_real_fork = getattr(os, "fork", None)
 
 
-def _default_sigterm_across_fork() -> None:
-    """Fork children start with SIGTERM's default disposition, not our handler.
+def _fork_keeping_sigterm() -> int:
+    """``os.fork``, while pytest-ipc's SIGTERM handler is installed.
 
-    A child that inherits a Python-level handler can lose a SIGTERM sent
-    right after the fork, before its interpreter is ready to run handlers:
-    ``Process.terminate()`` just after ``start()`` then does not end it
-    (tests/test_interrupt.py shows it).
+    SIGTERM is blocked across the fork.  The child then restores the default
+    disposition before unblocking it: a child that inherits a Python-level
+    handler can lose a SIGTERM sent right after the fork, before its
+    interpreter is ready to run handlers, and ``Process.terminate()`` just
+    after ``start()`` would not end it (tests/test_interrupt.py shows it).
+    The parent unblocks it, and a SIGTERM that came during the fork is then
+    handled after ``os.fork()`` has returned, not inside its callbacks
+    (``os.register_at_fork`` callbacks print and drop exceptions).
     """
-    global _swapped_for_fork
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _raise_terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _swapped_for_fork = True
-
-
-def _restore_sigterm_after_fork() -> None:
-    global _swapped_for_fork
-    if _swapped_for_fork:
-        _swapped_for_fork = False
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def _forget_sigterm_swap() -> None:
-    global _swapped_for_fork
-    _swapped_for_fork = False
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_default_sigterm_across_fork,
-        after_in_parent=_restore_sigterm_after_fork,
-        after_in_child=_forget_sigterm_swap,
-    )
+    global _forking
+    assert _real_fork is not None
+    if signal.getsignal(signal.SIGTERM) is not _raise_terminated or threading.current_thread() is not threading.main_thread():
+        return _real_fork()
+    global _deferred
+    _forking = True
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        pid = _real_fork()
+        if pid == 0:
+            _forking = _deferred = False
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    finally:
+        _forking = False
+    if _deferred:
+        _deferred = False
+        _raise_terminated(signal.SIGTERM, None)
+    return pid
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
+    global _deferred
+    if _forking:
+        # Mid-fork, maybe inside os.fork()'s callbacks, where an exception is
+        # dropped: _fork_keeping_sigterm raises it once the fork has returned.
+        _deferred = True
+        return
     # A second SIGTERM, while the first one's clean-up runs, kills at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if os.getpid() != _PYTEST_PID:

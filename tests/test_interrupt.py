@@ -28,8 +28,10 @@ import multiprocessing
 import os
 import signal
 
-# Background jobs may start with SIGINT ignored; a terminal's Ctrl-C is not.
+# Background jobs may start with SIGINT ignored, and some process managers
+# (pytest-xdist's workers) with it blocked; a terminal's Ctrl-C is neither.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 # A private prefix for named semaphores, so leftovers can be told apart.
 multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
 '''
