@@ -9,6 +9,7 @@ so one test id gives one result line and ``-x``, ``--lf`` and xfail work.
 
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing
 import time
@@ -65,7 +66,7 @@ def base_nodeid(nodeid: str, shard: Shard) -> str:
     return nodeid.replace(f"-{token}", "", 1).replace(f"{token}-", "", 1)
 
 
-@dataclass
+@dataclass(slots=True)
 class RunRecord:
     index: int
     seed: int
@@ -303,6 +304,7 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
             item._report_sections = []  # type: ignore[attr-defined]  # captured output of this run only
             race.phase_excinfo = {}
             record.reports = runtestprotocol(item, log=False, nextitem=parent)  # type: ignore[arg-type]
+            _forget_finished_finalizers(item)
             record.sections = list(item._report_sections)  # type: ignore[attr-defined]
             _score(record, race, item)
             records.append(record)
@@ -338,6 +340,36 @@ def _score(record: RunRecord, race: RaceRun, item: pytest.Item) -> None:
     else:
         record.outcome = run.auto_total
         record.auto = True
+
+
+def _forget_finished_finalizers(item: pytest.Item) -> None:
+    """Drop what this run's function fixtures left registered on higher-scoped ones.
+
+    A function fixture that depends on a session fixture (``tmp_path`` and
+    ``ipc_workers`` on ``tmp_path_factory``) registers its own ``finish`` on
+    it at every set-up, and pytest keeps those until the session fixture ends
+    (pytest issue #4871): each holds that run's requests, about 1 KB a run.
+    Once the run is torn down they would do nothing (the fixture is finished),
+    so dropping them changes nothing but the memory.
+    """
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return
+    for defs in info.name2fixturedefs.values():
+        for fixturedef in defs:
+            finalizers = getattr(fixturedef, "_finalizers", None)
+            if fixturedef.scope == "function" or not finalizers:
+                continue
+            finalizers[:] = [f for f in finalizers if not _is_finished_function_fixture(f)]
+
+
+def _is_finished_function_fixture(finalizer: Any) -> bool:
+    owner = getattr(getattr(finalizer, "func", None), "__self__", None)
+    return (
+        isinstance(finalizer, functools.partial)
+        and getattr(owner, "scope", None) == "function"
+        and getattr(owner, "cached_result", True) is None
+    )
 
 
 def _forget_details(records: list[RunRecord]) -> None:
