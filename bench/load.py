@@ -39,7 +39,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -51,6 +50,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from machine import machine  # bench/ is on sys.path when a script of it runs
 
 try:
     import psutil
@@ -165,29 +166,6 @@ class Session:
 
     def fail(self, what: str) -> None:
         self.problems.append(what)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def machine() -> str:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 0
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.2f} at the start"
-    return (f"{platform.system()} {platform.machine()}, {cpu_model()}, nproc {cpus}, "
-            f"Python {platform.python_version()}{load}")
 
 
 def processes_with(marker: str) -> list[psutil.Process]:

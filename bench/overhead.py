@@ -38,13 +38,14 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 from dataclasses import dataclass
+
+from machine import machine  # bench/ is on sys.path when a script of it runs
 
 WORKERS = 9
 INCREMENTS = 50
@@ -180,18 +181,6 @@ def run_plain(workdir: str, method: str, runs: int, timeout: float) -> Sample:
 
 
 WAYS = {"pytest-ipc": run_plugin, "plain": run_plain, "plain in pytest": run_in_pytest}
-
-
-def machine() -> str:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 0
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = ", load average {:.2f} at the start".format(os.getloadavg()[0])
-    return (f"{platform.system()} {platform.machine()}, nproc {cpus}, "
-            f"Python {platform.python_version()}{load}")
 
 
 def main(argv: list[str] | None = None) -> None:

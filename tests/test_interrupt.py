@@ -18,9 +18,9 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
+from leftovers import still_alive
 METHODS = ["fork", "spawn", "forkserver"]
 
 CONFTEST = '''
@@ -69,13 +69,6 @@ def test_counter(shared_value, ipc_workers):
 RUNS_BEFORE_SIGNAL = 5
 # From the signal to the end of pytest: teardown of one run's workers.
 PROMPT = 15.0
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -139,13 +132,7 @@ def test_signal_mid_campaign_stops_reports_and_cleans_up(
     # Nothing left behind.
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(pids) >= 9 * (RUNS_BEFORE_SIGNAL - 1)
-    deadline = time.monotonic() + 5  # SIGKILL is asynchronous
-    alive = [p for p in pids if not _gone(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if not _gone(p)]
-    for pid in alive:
-        psutil.Process(pid).kill()
+    alive = still_alive(pids)
     assert not alive, f"workers outlived the session: {alive}"
     leftovers = [p.name for p in Path("/dev/shm").iterdir() if prefix in p.name]
     assert not leftovers, f"left in /dev/shm: {leftovers}"

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import psutil
 import pytest
+
+from leftovers import still_alive
 
 METHODS = ["fork", "spawn", "forkserver"]
 SPAWNING = ["spawn", "forkserver"]
@@ -180,25 +181,8 @@ class Run:
         return float(match.group(1))
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _assert_processes_gone(pids: list[int]) -> None:
-    # SIGKILL is asynchronous: give a just-killed grandchild a moment to die.
-    deadline = time.monotonic() + 5
-    alive = [pid for pid in pids if not _gone(pid)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [pid for pid in alive if not _gone(pid)]
-    for pid in alive:  # do not leave them behind even when failing
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
+    alive = still_alive(pids)  # a just-killed grandchild may need a moment
     assert not alive, f"processes outlived the session: {alive}"
 
 

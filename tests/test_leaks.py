@@ -9,12 +9,11 @@ reporting a leak is not enough, the plugin must also end it.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from leftovers import still_alive
 METHODS = ["fork", "spawn", "forkserver"]
 
 # Targets and helpers of the inner sessions.  Not importing pytest keeps
@@ -88,27 +87,13 @@ def test_manager_never_shut_down(ipc_context):
 '''
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _check_nothing_left(notes: Path, strict: bool = True) -> None:
     """Every pid noted is gone and every segment noted is unlinked (not ``strict``: make it so)."""
     if not notes.exists():
         return
     entries = [json.loads(line) for line in notes.read_text().splitlines()]
     notes.unlink()
-    pids = [v for k, v in entries if k == "pid"]
-    deadline = time.monotonic() + 5  # SIGKILL is asynchronous
-    alive = [p for p in pids if not _gone(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if not _gone(p)]
-    for pid in alive:
-        psutil.Process(pid).kill()
+    alive = still_alive(v for k, v in entries if k == "pid")
     segments = [v for k, v in entries if k == "shm" and Path("/dev/shm", v.lstrip("/")).exists()]
     for name in segments:
         Path("/dev/shm", name.lstrip("/")).unlink()

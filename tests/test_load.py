@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import psutil
 import pytest
+
+from leftovers import gone, kill, processes_marked, wait_until
 
 # Worker targets in a module that does not import pytest (spawn workers start
 # fast); every worker records its pid first.
@@ -155,55 +155,6 @@ class Run:
         return [(n, int(r), int(d), v) for n, r, d, v in REPORT_LINE.findall(section)]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _processes_of_run(marker: str) -> list[psutil.Process]:
-    """Live processes whose environment carries ``marker``: whatever the inner session started."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("IPC_TEST_RUN") == marker and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:  # gone meanwhile, a zombie, or not ours
-            continue
-    return found
-
-
-def _wait_until(check: Callable[[], list[Any]], seconds: float) -> list[Any]:
-    """Poll ``check`` until it returns nothing or ``seconds`` passed; its last answer.
-
-    A fork server or resource tracker exits when it sees the end of its pipe
-    to the session close, a moment after the session ended.
-    """
-    deadline = time.monotonic() + seconds
-    left = check()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = check()
-    return left
-
-
-def _kill(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
-def _kill_pids(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
-
-
 @pytest.fixture
 def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., Run]]:
     """Runs the session written in ``pytester`` and checks that nothing of it is left."""
@@ -227,14 +178,14 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: 
             f"--basetemp={basetemp}", *args, timeout=timeout,
         )
         pids = pidfile.read_text().split() if pidfile.exists() else []
-        alive = _wait_until(lambda: [p for p in map(int, pids) if not _gone(p)], 10)
-        left = _wait_until(lambda: _processes_of_run(marker), 10)
+        alive = wait_until(lambda: [p for p in map(int, pids) if not gone(p)], 10)
+        left = wait_until(lambda: processes_marked(marker), 10)
         described = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in left]
-        _kill(left)  # never leave them behind, even when failing
-        _kill_pids(alive)
+        kill(left)  # never leave them behind, even when failing
+        kill(alive)
         assert not alive, f"workers outlived the session: {alive}"
         assert not left, "processes of the session outlived it:\n" + "\n".join(described)
-        shm = _wait_until(lambda: [e.name for e in Path("/dev/shm").iterdir() if prefix in e.name], 5)
+        shm = wait_until(lambda: [e.name for e in Path("/dev/shm").iterdir() if prefix in e.name], 5)
         assert not shm, f"left in /dev/shm: {shm}"
         assert not list(basetemp.glob("ipc-workers-*")), "a worker group directory was left behind"
         result.stdout.no_fnmatch_line("*INTERNALERROR*")
@@ -243,7 +194,7 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: 
         return Run(result, report, pids)
 
     yield run
-    _kill(_processes_of_run(marker))  # a run that raised before its own checks
+    kill(processes_marked(marker))  # a run that raised before its own checks
 
 
 def test_many_race_tests_under_xdist_run_every_run_and_leave_nothing(

@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
+from leftovers import gone, kill, processes_marked, wait_until
+
 from pytest_ipc.report import shard_of_nodeid
 
 METHODS = ["fork", "spawn", "forkserver"]
@@ -163,25 +165,6 @@ class Outcome:
         return found[0]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _processes_of_run(marker: str) -> list[psutil.Process]:
-    """Live processes whose environment carries ``marker``: whatever the inner session started."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("IPC_TEST_RUN") == marker and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:  # gone meanwhile, a zombie, or not ours
-            continue
-    return found
-
-
 def _describe(proc: psutil.Process) -> str:
     try:
         return f"{proc.pid} {' '.join(proc.cmdline())[:120]}"
@@ -189,39 +172,9 @@ def _describe(proc: psutil.Process) -> str:
         return f"{proc.pid} (gone meanwhile)"
 
 
-def _kill_all(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
-def _kill_pids(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
-
-
 def glob_escape(text: str) -> str:
     """``text`` as a literal in an fnmatch pattern: node ids have brackets."""
     return re.sub(r"[\[\]*?]", lambda m: f"[{m.group()}]", text)
-
-
-def _wait_until(check: Callable[[], list[Any]], seconds: float) -> list[Any]:
-    """Poll ``check`` until it returns nothing or ``seconds`` passed; its last answer.
-
-    What a killed process leaves (its orphans, its fork server and resource
-    tracker, the semaphores the tracker unlinks) goes away asynchronously.
-    """
-    deadline = time.monotonic() + seconds
-    left = check()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = check()
-    return left
 
 
 @pytest.fixture
@@ -261,14 +214,14 @@ def campaign(
 
         # Nothing of the run is alive: the crashed worker, its orphaned
         # children, its fork server and resource tracker; the other processes.
-        alive = _wait_until(lambda: [p for p in pids if not _gone(p)], 10)
-        left = _wait_until(lambda: _processes_of_run(marker), 10)
+        alive = wait_until(lambda: [p for p in pids if not gone(p)], 10)
+        left = wait_until(lambda: processes_marked(marker), 10)
         described = [_describe(p) for p in left]
-        _kill_all(left)  # never leave them behind, even when failing
-        _kill_pids(alive)
+        kill(left)  # never leave them behind, even when failing
+        kill(alive)
         assert not alive, f"workers outlived the session: {alive}"
         assert not left, "processes of the run outlived it:\n" + "\n".join(described)
-        shm = _wait_until(lambda: [e.name for e in Path("/dev/shm").iterdir() if prefix in e.name], 5)
+        shm = wait_until(lambda: [e.name for e in Path("/dev/shm").iterdir() if prefix in e.name], 5)
         assert not shm, f"left in /dev/shm: {shm}"
         new_fds = json.loads(fdfile.read_text())
         assert not new_fds, f"the controller holds file descriptors it did not hold at the start: {new_fds}"
@@ -278,7 +231,7 @@ def campaign(
 
     yield run
     # A failed check above already killed what it found; this covers a run that raised earlier.
-    _kill_all(_processes_of_run(marker))
+    kill(processes_marked(marker))
 
 
 @pytest.mark.parametrize("how", ["sigkill", "segfault"])
@@ -316,7 +269,7 @@ def test_crashed_shard_is_reported_missing_and_leaves_nothing(
     # The crash came in the second run of shard 1, with both of its workers started.
     assert out.crash is not None
     worker_pid, crashed_at = out.crash
-    assert _gone(worker_pid)
+    assert gone(worker_pid)
     # Shard 1: run 0 and the crashed run 2; shard 2: runs 1 and 3.  Two workers each.
     assert len(out.pids) == 8
     # The segfault is a real one: the xdist worker's faulthandler reports it.
