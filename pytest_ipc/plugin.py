@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Any, Callable, Generator
 
 import pytest
@@ -295,33 +296,53 @@ _real_fork = getattr(os, "fork", None)
 def _fork_keeping_sigterm() -> int:
     """``os.fork``, while pytest-ipc's SIGTERM handler is installed.
 
-    SIGTERM is blocked across the fork.  The child then restores the default
-    disposition before unblocking it: a child that inherits a Python-level
-    handler can lose a SIGTERM sent right after the fork, before its
-    interpreter is ready to run handlers, and ``Process.terminate()`` just
-    after ``start()`` would not end it (tests/test_interrupt.py shows it).
-    The parent unblocks it, and a SIGTERM that came during the fork is then
-    handled after ``os.fork()`` has returned, not inside its callbacks
-    (``os.register_at_fork`` callbacks print and drop exceptions).
+    SIGTERM and SIGINT are blocked across the fork.  The child restores
+    SIGTERM's default disposition before unblocking: a child that inherits a
+    Python-level handler can lose a SIGTERM sent right after the fork, before
+    its interpreter is ready to run handlers, and ``Process.terminate()``
+    just after ``start()`` would not end it (tests/test_interrupt.py shows
+    it).  The parent unblocks them once the fork has returned, so that a
+    Ctrl-C or SIGTERM that came meanwhile is raised here, and not inside
+    ``os.fork()``'s callbacks (logging's among them), which print and drop
+    exceptions: the interrupt would be lost.
     """
-    global _forking
+    global _forking, _deferred
     assert _real_fork is not None
     if signal.getsignal(signal.SIGTERM) is not _raise_terminated or threading.current_thread() is not threading.main_thread():
         return _real_fork()
-    global _deferred
+    interrupts = {signal.SIGTERM, signal.SIGINT}
     _forking = True
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        pid = _real_fork()
+        signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+        pid = _fork_warning_at_caller()
         if pid == 0:
             _forking = _deferred = False
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _forking = False  # a pending SIGINT raises KeyboardInterrupt right here, as it should
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts)
     finally:
         _forking = False
     if _deferred:
         _deferred = False
         _raise_terminated(signal.SIGTERM, None)
+    return pid
+
+
+def _fork_warning_at_caller() -> int:
+    """Fork; a warning of the fork's (Python 3.12+: forking a multi-threaded
+    process) points at the code that called ``os.fork``, as without the wrapper."""
+    assert _real_fork is not None
+    caller = sys._getframe(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pid = _real_fork()
+    if pid != 0:
+        for w in caught:
+            warnings.warn_explicit(
+                w.message, w.category, caller.f_code.co_filename, caller.f_lineno,
+                module=caller.f_globals.get("__name__"),
+                registry=caller.f_globals.setdefault("__warningregistry__", {}),
+            )
     return pid
 
 

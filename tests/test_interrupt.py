@@ -174,3 +174,33 @@ def test_sigterm_handler_of_the_user_is_left_alone(pytester: pytest.Pytester) ->
     )
     result = pytester.runpytest_subprocess("-p", "pytest_ipc", "--ipc-start-method=fork")
     result.assert_outcomes(passed=3)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12 warns when a multi-threaded process forks")
+def test_fork_warnings_point_at_the_code_that_forks(pytester: pytest.Pytester) -> None:
+    """The os.fork wrapper does not make Python's own fork warning point into the plugin."""
+    pytester.makepyfile(
+        """
+        import threading
+
+        def _wait(event):
+            event.wait()
+
+        def test_fork_with_a_thread(ipc_context):
+            gate = threading.Event()
+            thread = threading.Thread(target=gate.wait)
+            thread.start()
+            try:
+                p = ipc_context.Process(target=_wait, args=(ipc_context.Event(),))
+                p.start()
+                p.kill()
+                p.join()
+            finally:
+                gate.set()
+                thread.join()
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "pytest_ipc", "--ipc-start-method=fork", "-W", "always")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*popen_fork.py:*: DeprecationWarning: This process * is multi-threaded*"])
+    result.stdout.no_fnmatch_line("*pytest_ipc*plugin.py*")
