@@ -92,12 +92,15 @@ def test_recv_with_no_sender_is_caught_as_a_hang(pipe_pair: Any, ipc_workers: An
 # reads the raw bytes and parses the framing itself: a torn length would make
 # Connection.recv_bytes() wait for bytes that never come.
 MESSAGE = 64 * 1024  # the size of a pipe's whole buffer on Linux
-MESSAGES = 16  # per writer
-# Measured with the page-at-a-time reader below, 30 attempts per start method
-# on 2 loaded cores: torn in 30 of 30 under fork, 26 of 30 under forkserver,
-# 22 of 30 under spawn (spawned writers sometimes start far enough apart that
-# one finishes alone).  10 attempts: a miss is under 0.27 ** 10 = 2e-6, and
-# the first attempt nearly always ends the loop.
+# Per writer: 4 MiB, long enough that the two writers overlap even when one
+# starts late.  With 16 messages (1 MiB) an idle machine left about half the
+# attempts under forkserver and spawn untorn (19 of 40 and 17 of 40: one
+# writer finished before the other began), and 10 attempts missed in tox.
+# With 64, one attempt each, on the idle 2-core machine: torn in 40 of 40
+# under fork, 40 of 40 under forkserver, 98 of 100 under spawn.  10
+# attempts: a miss is under 0.05 ** 10, and the first attempt nearly always
+# ends the loop.
+MESSAGES = 64
 ATTEMPTS = 10
 # The reader takes a page at a time, as a slow consumer does: the writers
 # then spend their time blocked on a full pipe, and each wakes to write into
