@@ -9,6 +9,16 @@ sleeps a few hundred microseconds.  A yield between the read and the write of
 ``v.value += 1`` is exactly the interleaving that loses an update, so a race
 that plain repetition shows once in many runs shows in the first.
 
+Shared state that Python cannot intercept (a ``SharedMemory`` buffer, a
+NumPy array on one, ``RawValue``/``RawArray``) is reached through the
+worker's own code instead: in code outside the standard library and
+pytest-ipc, every store through a subscript or an attribute
+(``STORE_SUBSCR``, ``STORE_ATTR``, ``STORE_SLICE``) is a code point just
+before the write, so ``shm.buf[0] += 1`` can be preempted between its read
+and its write.  See :class:`CodePoints` for how they are found (by
+``sys.monitoring`` on 3.12+, ``sys.settrace`` before) and what bounds their
+cost.
+
 The choices come from a ``random.Random`` seeded with the run's seed and the
 worker's index: the same ``--ipc-seed`` gives every worker the same sequence
 of choices (the operating system's scheduling still varies).  A point only
@@ -22,16 +32,21 @@ its own (this works under fork, spawn and forkserver, for any ``Process``
 with a ``target``; a ``Process`` subclass that overrides ``run`` is reached
 under fork only, through the inherited patches).  ``RawValue``/``RawArray``
 and plain ``ctypes`` objects have no Python-level hook and get no points;
-``SharedMemory`` gets one when ``.buf`` is fetched, not per byte.
+``SharedMemory`` gets one when ``.buf`` is fetched; all of them get the code
+points above.
 
 No pytest here: this runs in worker processes.
 """
 
 from __future__ import annotations
 
+import dis
 import os
 import random
+import sys
+import sysconfig
 import time
+from types import CodeType, FrameType
 from typing import Any, Callable
 
 # The longest sleep at a preemption point.  Long enough for another worker
@@ -40,6 +55,17 @@ from typing import Any, Callable
 MAX_SLEEP = 0.0002
 # Share of acting points that sleep rather than yield.
 SLEEP_SHARE = 0.5
+# How many events the worker's own code gets for code points, per process.
+# Under sys.settrace (3.10, 3.11) each instruction of a watched function is
+# one, costing about a microsecond; under sys.monitoring (3.12+) only its
+# stores are.  This bounds what code points add to a long-running worker to
+# some tens of milliseconds; a race usually shows long before.
+CODE_BUDGET = 20_000
+# Before 3.12 code points need sys.settrace, and any trace function slows
+# every Python instruction of the worker (2-4x measured on 3.11), which made
+# race-free scenarios 20-50% slower at jitter low: there they come only from
+# jitter high (this probability) up.
+SETTRACE_MIN_P = 0.25
 
 _seed = 0
 _children = 0
@@ -50,8 +76,8 @@ _installed = False
 class Amplifier:
     """The per-worker stream of choices: deterministic for a (seed, index)."""
 
-    def __init__(self, seed: int, index: int, p: float) -> None:
-        self.rng = random.Random(f"pytest-ipc:{seed}:{index}")
+    def __init__(self, seed: int, index: int, p: float, stream: str = "") -> None:
+        self.rng = random.Random(f"pytest-ipc:{seed}:{index}{stream}")
         self.p = p
 
     def choose(self) -> float | None:
@@ -86,6 +112,192 @@ def activate(seed: int, index: int, p: float) -> None:
     global _amp
     hand_on(seed, p)
     _amp = Amplifier(seed, index, p) if p > 0 else None
+    if p > 0 and (sys.version_info >= (3, 12) or p >= SETTRACE_MIN_P):
+        _trace_own_code(seed, index, p)
+
+
+# -- code points: the worker's own stores ------------------------------------
+
+# Instructions that write through a subscript or an attribute: the write half
+# of ``buf[0] += 1``, ``arr[i] = x`` or ``raw.value += 1``.
+_STORES = frozenset(dis.opmap[name] for name in ("STORE_SUBSCR", "STORE_ATTR", "STORE_SLICE") if name in dis.opmap)
+
+
+_skipped: tuple[str, ...] = ()
+
+
+def _skipped_prefixes() -> tuple[str, ...]:
+    """Where code that gets no code points lives: the standard library and pytest-ipc.
+
+    Worked out once per process (``sysconfig`` takes a millisecond or two),
+    by ``install()`` in the test process, so that fork workers inherit it.
+    """
+    global _skipped
+    if not _skipped:
+        paths = sysconfig.get_paths()
+        dirs = {paths["stdlib"], paths["platstdlib"], os.path.dirname(os.path.abspath(__file__))}
+        found = {os.path.join(f(d), "") for d in dirs for f in (str, os.path.realpath)}
+        _skipped = ("<", *sorted(found))  # "<frozen ...>", "<string>" too
+    return _skipped
+
+
+def _store_offsets(code: CodeType) -> frozenset[int]:
+    return frozenset(i.offset for i in dis.get_instructions(code) if i.opcode in _STORES)
+
+
+class CodePoints:
+    """Preemption points before each store in the worker's own code.
+
+    Only code outside the standard library (multiprocessing's internals are
+    reached by the class patches) and pytest-ipc that contains a store
+    through a subscript or an attribute is watched, and only until ``budget``
+    events have passed; then watching stops.  The choices come from a stream
+    of their own, so the IPC points' sequence for a seed is the same with or
+    without code points.
+
+    Python 3.12+ watches with ``sys.monitoring`` under a tool id of its own,
+    beside coverage.py or a debugger: each instruction that is not a store
+    is switched off after its first event, so stores are the only events
+    that keep coming.  Python 3.10 and 3.11 use ``sys.settrace`` with opcode
+    events (the instance is the trace function), where each instruction of a
+    watched function is an event, and leave an existing trace function alone.
+    """
+
+    def __init__(self, seed: int, index: int, p: float, budget: int = CODE_BUDGET) -> None:
+        self.amp = Amplifier(seed, index, p, stream=":code")
+        self.left = budget
+        self.skipped = _skipped_prefixes()
+        self.stores: dict[CodeType, frozenset[int]] = {}
+        self.tool: int | None = None
+        self.watched: list[CodeType] = []
+
+    def stores_in(self, code: CodeType) -> frozenset[int]:
+        """Offsets of the stores in ``code`` that are points; empty for code we leave alone."""
+        known = self.stores.get(code)
+        if known is None:
+            mine = not code.co_filename.startswith(self.skipped)
+            known = _store_offsets(code) if mine else frozenset()
+            self.stores[code] = known
+        return known
+
+    def act(self) -> None:
+        choice = self.amp.choose()
+        if choice is None:
+            return
+        if choice == 0.0:
+            os.sched_yield()
+        else:
+            time.sleep(choice)
+
+    # -- sys.settrace (3.10, 3.11) ---------------------------------------------
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        # The global trace function: sees each new frame ("call").
+        if self.left <= 0:
+            sys.settrace(None)
+            return None
+        if not self.stores_in(frame.f_code):
+            return None
+        frame.f_trace_lines = False
+        frame.f_trace_opcodes = True
+        return self.local
+
+    def local(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event != "opcode":
+            return self.local if self.left > 0 else None
+        self.left -= 1
+        if self.left <= 0:
+            frame.f_trace_opcodes = False
+            sys.settrace(None)
+            return None
+        if frame.f_lasti in self.stores[frame.f_code]:
+            self.act()
+        return self.local
+
+    # -- sys.monitoring (3.12+) ------------------------------------------------
+
+    def monitor(self, tool: int) -> None:
+        mon = sys.monitoring  # type: ignore[attr-defined]
+        self.tool = tool
+        # A forked child (or an earlier activation) may have inherited
+        # PY_START switched off for code objects seen before: see them again.
+        mon.restart_events()
+        mon.register_callback(tool, mon.events.PY_START, self.on_start)
+        mon.register_callback(tool, mon.events.INSTRUCTION, self.on_instruction)
+        mon.set_events(tool, mon.events.PY_START)
+
+    def on_start(self, code: CodeType, offset: int) -> Any:
+        mon = sys.monitoring  # type: ignore[attr-defined]
+        if self.left > 0 and self.stores_in(code):
+            mon.set_local_events(self.tool, code, mon.events.INSTRUCTION)
+            self.watched.append(code)
+        return mon.DISABLE  # once per code object is enough
+
+    def on_instruction(self, code: CodeType, offset: int) -> Any:
+        mon = sys.monitoring  # type: ignore[attr-defined]
+        if offset not in self.stores[code]:
+            return mon.DISABLE  # never again for this instruction
+        self.left -= 1
+        if self.left <= 0:
+            self.stop()
+            return None
+        self.act()
+        return None
+
+    def stop(self) -> None:
+        """Stop watching (3.12+); the tool id stays ours for the rest of the process."""
+        if self.tool is None:
+            return
+        mon = sys.monitoring  # type: ignore[attr-defined]
+        mon.set_events(self.tool, 0)
+        for code in self.watched:
+            mon.set_local_events(self.tool, code, 0)
+        self.watched.clear()
+
+
+_TOOL_NAME = "pytest-ipc"
+_code_points: CodePoints | None = None
+
+
+def _free_tool() -> int | None:
+    """A ``sys.monitoring`` tool id that is ours already or free, or None."""
+    mon = sys.monitoring  # type: ignore[attr-defined]
+    # 3 and 4 are not claimed by debuggers (0), coverage (1), profilers (2) or optimizers (5).
+    for tool in (3, 4, 0, 1, 2, 5):
+        owner = mon.get_tool(tool)
+        if owner == _TOOL_NAME:
+            return tool
+        if owner is None:
+            mon.use_tool_id(tool, _TOOL_NAME)
+            return tool
+    return None
+
+
+def _trace_own_code(seed: int, index: int, p: float) -> None:
+    """Switch code points on in this process, the way this Python allows."""
+    global _code_points
+    _stop_code_points()
+    points = CodePoints(seed, index, p)
+    if sys.version_info >= (3, 12):
+        tool = _free_tool()
+        if tool is None:
+            return
+        points.monitor(tool)
+    elif sys.gettrace() is None:
+        sys.settrace(points)
+    else:
+        return  # coverage.py or a debugger: theirs comes first
+    _code_points = points
+
+
+def _stop_code_points() -> None:
+    global _code_points
+    points, _code_points = _code_points, None
+    if points is None:
+        return
+    points.stop()
+    if sys.gettrace() is points:
+        sys.settrace(None)
 
 
 def hand_on(seed: int, p: float) -> None:
@@ -103,6 +315,7 @@ def deactivate() -> None:
     global _amp, _child_p
     _amp = None
     _child_p = 0.0
+    _stop_code_points()
 
 
 def is_active() -> bool:
@@ -196,6 +409,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    _skipped_prefixes()
     from multiprocessing import connection, managers, process, queues, sharedctypes, synchronize
 
     _patch_property(sharedctypes.Synchronized, "value")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
+import sys
+import textwrap
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -19,6 +23,7 @@ METHODS = ("fork", "spawn", "forkserver")
 HELPERS = '''
 import multiprocessing
 import os
+import sys
 
 from pytest_ipc import _amplify
 
@@ -88,6 +93,7 @@ def probe(method):
         "queue": points_passed(queue_round_trip),
         "pipe": points_passed(pipe_round_trip),
         "child_active": flag.value,
+        "code_points": _amplify._code_points is not None,
     }
     q.close()
     q.join_thread()
@@ -124,6 +130,17 @@ def inc_dict_locked(d, lock, n):
     for _ in range(n):
         with lock:
             d["n"] += 1
+
+
+def inc_byte(name, n):
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        for _ in range(n):
+            shm.buf[0] += 1  # no IPC call between the read and the write
+    finally:
+        shm.close()
 '''
 
 
@@ -204,6 +221,191 @@ def test_choices(ipc_workers):
     assert any(c is not None for c in first[0])  # type: ignore[index]
 
 
+# -- code points: the worker's own instructions -------------------------------------
+
+# Before Python 3.12 code points use sys.settrace: they come only from jitter
+# high up (a trace function slows the whole worker), and step aside for a
+# trace function that is already set, coverage.py's under tox -e coverage.
+MONITORING = sys.version_info >= (3, 12)
+STEP_ASIDE = not MONITORING and sys.gettrace() is not None
+CODE_POINTS_AT_LOW = MONITORING
+NEEDS_CODE_POINTS = pytest.mark.skipif(STEP_ASIDE, reason="a trace function (coverage.py?) is set: code points step aside")
+
+
+def _sum_to(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+class _Box:
+    total = 0
+
+
+def _fill(n: int) -> int:
+    box = _Box()
+    box.total = 0  # a store through an attribute: a code point
+    items = [0] * n
+    for i in range(n):
+        items[i] = i  # through a subscript: a code point
+        box.total += items[i]  # read, add, then a store: a code point before the write
+    return box.total
+
+
+class _Counting(_amplify.Amplifier):
+    """The code points' stream, counting the points that draw from it (p = 0: none acts)."""
+
+    calls = 0
+
+    def choose(self) -> float | None:
+        self.calls += 1
+        return super().choose()
+
+
+def _under(trace: Any, func: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
+    """``func(*args)`` with ``trace`` as the trace function: its result, and the trace function after it."""
+    old = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        result = func(*args)
+        after = sys.gettrace()
+    finally:
+        sys.settrace(old)
+    return result, after
+
+
+@contextlib.contextmanager
+def _code_points(budget: int = 10**6) -> Iterator[_amplify.CodePoints]:
+    """Code points switched on in this process as in a worker, with a counting stream."""
+    _amplify._trace_own_code(3, 1, 0.0)
+    points = _amplify._code_points
+    try:
+        assert points is not None
+        points.left = budget
+        points.amp = _Counting(3, 1, 0.0)
+        yield points
+    finally:
+        _amplify._stop_code_points()
+
+
+@NEEDS_CODE_POINTS
+def test_code_points_fall_on_each_store_through_a_subscript_or_attribute() -> None:
+    """One point before each STORE_SUBSCR/STORE_ATTR the worker's own code runs, the same every time."""
+    for _ in range(2):
+        with _code_points() as points:
+            assert _fill(10) == sum(range(10))
+        assert points.amp.calls == 1 + 10 * 2  # type: ignore[attr-defined]
+
+
+@NEEDS_CODE_POINTS
+def test_functions_without_stores_are_not_watched() -> None:
+    """A function that stores through no subscript or attribute costs no events."""
+    with _code_points() as idle:
+        pass
+    with _code_points() as points:
+        assert _sum_to(1000) == sum(range(1000))
+    assert points.left == idle.left  # (the context manager's own frame costs a few under settrace)
+    assert points.amp.calls == 0  # type: ignore[attr-defined]
+
+
+@NEEDS_CODE_POINTS
+def test_code_points_skip_the_stdlib_and_pytest_ipc() -> None:
+    """Stores in the standard library and in pytest-ipc's own code are no code points."""
+    with _code_points() as points:
+        textwrap.TextWrapper(40)  # its __init__ stores attributes: self.width = width
+        _amplify.Amplifier(1, 1, 0.5)  # so does ours
+    assert points.amp.calls == 0  # type: ignore[attr-defined]
+    # Skipped for where they live, not for lack of stores.
+    assert _amplify._store_offsets(textwrap.TextWrapper.__init__.__code__)
+    assert _amplify._store_offsets(_amplify.Amplifier.__init__.__code__)
+
+
+@NEEDS_CODE_POINTS
+def test_code_points_stop_at_their_budget() -> None:
+    """Once the budget is spent no more points pass, and the code still runs right."""
+    with _code_points(budget=500) as points:
+        assert _fill(10_000) == sum(range(10_000))
+        spent = points.amp.calls  # type: ignore[attr-defined]
+        assert _fill(100) == sum(range(100))
+        assert points.amp.calls == spent  # type: ignore[attr-defined]
+    assert points.left <= 0
+    assert 0 < spent < 500
+
+
+def test_an_existing_trace_function_is_kept() -> None:
+    """A trace function already set stays set: from 3.12 code points work beside it, before it they step aside."""
+    def theirs(frame: Any, event: str, arg: Any) -> None:
+        return None
+
+    def switch_on_and_fill() -> tuple[Any, Any]:
+        _amplify._trace_own_code(3, 1, 0.0)
+        try:
+            points = _amplify._code_points
+            if points is not None:
+                points.amp = _Counting(3, 1, 0.0)
+            _fill(10)
+            return points, sys.gettrace()
+        finally:
+            _amplify._stop_code_points()
+
+    (points, during), after = _under(theirs, switch_on_and_fill)
+    assert during is theirs and after is theirs
+    if sys.version_info >= (3, 12):
+        assert points.amp.calls == 21
+    else:
+        assert points is None
+
+
+def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
+    """Code points draw from a stream of their own: the IPC points' choices for a seed do not move."""
+    def draws(amp: _amplify.Amplifier) -> list[float | None]:
+        return [amp.choose() for _ in range(2000)]
+
+    first = draws(_amplify.CodePoints(5, 2, 0.25).amp)
+    assert first == draws(_amplify.CodePoints(5, 2, 0.25).amp)
+    assert first != draws(_amplify.CodePoints(5, 3, 0.25).amp)
+    assert first != draws(_amplify.Amplifier(5, 2, 0.25))
+    assert any(c is not None for c in first)
+
+
+SHM_RACE_TEST = """
+from multiprocessing import shared_memory
+
+@pytest.fixture
+def segment():
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    shm.buf[0] = 0
+    yield shm
+    shm.close()
+    shm.unlink()
+
+@pytest.mark.ipc_race(runs={runs})
+def test_byte(segment, ipc_workers, ipc_outcome):
+    ipc_workers.start(helpers.inc_byte, args=(segment.name, 25), count=9)
+    ipc_workers.join()
+    ipc_outcome.record(segment.buf[0])
+"""
+
+# shm.buf[0] += 1 from 9 workers x 25 (a byte holds the 225), with code points
+# (jitter low on 3.12 and 3.13, high on 3.11): 30 of 30 runs lost updates under
+# each start method and Python, ending anywhere from ~25 to ~170, no byte seen
+# in more than 3 of 30 runs.  Five runs miss only if all five end on the same
+# byte: under 0.1 ** 4 = 1e-4, and far less in fact.
+SHM_RUNS = 5
+
+
+@NEEDS_CODE_POINTS
+@pytest.mark.parametrize("method", METHODS)
+def test_shared_memory_byte_race_is_caught(pytester: pytest.Pytester, method: str) -> None:
+    """A read-modify-write of a SharedMemory byte, with no IPC call inside it, is caught in five runs."""
+    _write_json_test(pytester, SHM_RACE_TEST.format(runs=SHM_RUNS))
+    level = () if CODE_POINTS_AT_LOW else ("--ipc-jitter=high",)
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", *level, timeout=120)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*RaceDetected: outcomes differ across {SHM_RUNS} runs (start method {method}*"])
+
+
 # -- where the points reach ---------------------------------------------------------
 
 
@@ -233,6 +435,17 @@ def test_points_reach_objects_the_worker_creates(pytester: pytest.Pytester, meth
     assert out["pipe"] >= 2  # type: ignore[index]
     # A process the worker starts itself gets amplification too (the Amplified target).
     assert out["child_active"] == 1  # type: ignore[index]
+    # The worker's own code passes code points at jitter low from Python 3.12.
+    assert out["code_points"] is CODE_POINTS_AT_LOW  # type: ignore[index]
+
+
+@NEEDS_CODE_POINTS
+def test_jitter_high_brings_code_points_on_every_python(pytester: pytest.Pytester) -> None:
+    """At jitter high the worker's own stores are points whatever the Python (from 3.12 at low too)."""
+    _write_json_test(pytester, PROBE_TEST.format(marker=', jitter="high"'))
+    result = pytester.runpytest_subprocess("--ipc-start-method=fork", timeout=60)
+    result.assert_outcomes(passed=1)
+    assert _read(pytester)["code_points"] is True  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
@@ -248,7 +461,7 @@ def test_jitter_off_really_turns_it_off(pytester: pytest.Pytester, args: tuple[s
     out = _read(pytester)
     assert out == {  # no stream at all: points_passed() returns None
         "active": False, "value": None, "array": None, "lock": None,
-        "queue": None, "pipe": None, "child_active": 0,
+        "queue": None, "pipe": None, "child_active": 0, "code_points": False,
     }
 
 

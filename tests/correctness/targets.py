@@ -149,7 +149,8 @@ def shm_increment(name: str, n: int, lock: Any = None) -> None:
     """``buf[0] = buf[0] + 1`` ``n`` times on segment ``name``, optionally under ``lock``.
 
     ``shm.buf`` is fetched for the read and again for the write, as a user
-    writes it; each fetch is where pytest-ipc can preempt the worker.
+    writes it; pytest-ipc can preempt the worker at each fetch and just before
+    the store (a code point).
     """
     shm = shared_memory.SharedMemory(name=name)
     try:

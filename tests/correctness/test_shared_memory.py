@@ -59,8 +59,9 @@ def test_unlink_removes_the_segment_from_dev_shm() -> None:
 
 
 # Each of 2 workers does buf[0] = (buf[0] + 1) % 256 a thousand times,
-# fetching shm.buf for the read and again for the write (the fetch is the
-# preemption point pytest-ipc can use).  Measured at the default jitter on 2
+# fetching shm.buf for the read and again for the write (each fetch is a
+# preemption point, and so is the store itself on 3.12+ or when coverage.py
+# is not tracing).  Measured at the default jitter on 2
 # loaded cores: 20 spawn runs gave the most common final byte twice; 8 runs
 # per start method gave 8 distinct bytes under each.  8 runs: a miss is under
 # 0.1 ** 7 = 1e-7.
