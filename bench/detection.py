@@ -8,7 +8,8 @@ would:
   amplification, and the test is repeated with pytest-repeat (``--count``);
 - ``barrier``: ``ipc_workers`` releases the workers together, in an
   ``ipc_race`` test with ``--ipc-jitter=off``;
-- ``jitter``: the same with ``--ipc-jitter=low`` (preemption points).
+- ``jitter``: the same with ``--ipc-jitter=low`` (preemption points), or
+  the level given with ``--level``.
 
 Every run of a scenario appends one line to a log (did it show the race,
 when did it start and end); the ``--ipc-report`` JSON gives the plugin's
@@ -21,6 +22,7 @@ positives (runs with a wrong result, and whether the plugin reported a race).
     python bench/detection.py                 # quick: a few minutes on 2 cores
     python bench/detection.py --methods fork --runs 200
     python bench/detection.py --long          # 10,000 runs of each race-free scenario
+    python bench/detection.py --modes jitter --level high --scenarios SharedMemory
 
 ``--long`` runs only the race-free scenarios, with amplification on, under
 each start method; it prints the time it expects to take before starting.
@@ -181,8 +183,11 @@ def main() -> None:
     ap.add_argument("--scenarios", default="", help="comma-separated substrings of scenario names")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--long", action="store_true", help="10,000 runs of each race-free scenario, jitter on")
+    ap.add_argument("--level", default="low",
+                    help="--ipc-jitter of the jitter mode: off, low, high or a probability (default low)")
     args = ap.parse_args()
 
+    JITTER["jitter"] = args.level
     methods = [m for m in args.methods.split(",") if m]
     modes = [m for m in args.modes.split(",") if m]
     names = list(scenarios.ALL)
@@ -225,9 +230,9 @@ def main() -> None:
         verdict_text = verdict if mode != "plain" else "(pytest-repeat)"
         print(f"| {n} ({kind}) | {method} | {mode} | {s['runs']} | {shown} | {median} | {s['rate']:.1f} | {verdict_text} |")
 
-    # Amplification's cost on race-free code: runs/s with jitter low against jitter off.
+    # Amplification's cost on race-free code: runs/s with jitter on against jitter off.
     if "barrier" in modes and "jitter" in modes:
-        print("\n| race-free scenario | start method | runs/s jitter off | runs/s jitter low | change |")
+        print(f"\n| race-free scenario | start method | runs/s jitter off | runs/s jitter {args.level} | change |")
         print("|---|---|---:|---:|---:|")
         by = {(n, m, mo): s for n, m, mo, s, _ in results}
         for n in names:
