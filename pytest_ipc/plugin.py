@@ -332,6 +332,8 @@ def _fork_warning_at_caller() -> int:
     """Fork; a warning of the fork's (Python 3.12+: forking a multi-threaded
     process) points at the code that called ``os.fork``, as without the wrapper."""
     assert _real_fork is not None
+    if sys.version_info < (3, 12):
+        return _real_fork()  # no warning to move; catch_warnings would cost every fork
     caller = sys._getframe(2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
