@@ -210,7 +210,7 @@ class CodePoints:
             frame.f_trace_opcodes = False
             sys.settrace(None)
             return None
-        if frame.f_lasti in self.stores[frame.f_code]:
+        if frame.f_lasti in self.stores_in(frame.f_code):
             self.act()
         return self.local
 
@@ -235,7 +235,7 @@ class CodePoints:
 
     def on_instruction(self, code: CodeType, offset: int) -> Any:
         mon = sys.monitoring  # type: ignore[attr-defined]
-        if offset not in self.stores[code]:
+        if offset not in self.stores_in(code):
             return mon.DISABLE  # never again for this instruction
         self.left -= 1
         if self.left <= 0:
@@ -260,10 +260,14 @@ _code_points: CodePoints | None = None
 
 
 def _free_tool() -> int | None:
-    """A ``sys.monitoring`` tool id that is ours already or free, or None."""
+    """A ``sys.monitoring`` tool id that is ours already or free, or None.
+
+    Only 3 and 4: the others are the ones debuggers (0), coverage.py (1),
+    profilers (2) and optimizers (5) ask for, and taking one would make such
+    a tool fail to start in the worker.
+    """
     mon = sys.monitoring  # type: ignore[attr-defined]
-    # 3 and 4 are not claimed by debuggers (0), coverage (1), profilers (2) or optimizers (5).
-    for tool in (3, 4, 0, 1, 2, 5):
+    for tool in (3, 4):
         owner = mon.get_tool(tool)
         if owner == _TOOL_NAME:
             return tool

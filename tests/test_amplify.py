@@ -369,6 +369,27 @@ def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
     assert any(c is not None for c in first)
 
 
+@pytest.mark.skipif(not MONITORING, reason="sys.monitoring is new in Python 3.12")
+def test_code_points_take_no_tool_id_that_others_ask_for() -> None:
+    """With tool ids 3 and 4 taken, code points stay off rather than take coverage's or a debugger's."""
+    mon = sys.monitoring  # type: ignore[attr-defined]
+    others = []
+    for tool in (3, 4):
+        if mon.get_tool(tool) == _amplify._TOOL_NAME:
+            mon.free_tool_id(tool)  # ours from an earlier test of this process
+        if mon.get_tool(tool) is None:
+            mon.use_tool_id(tool, "another tool")
+            others.append(tool)
+    try:
+        _amplify._trace_own_code(1, 0, 0.05)
+        assert _amplify._code_points is None
+        assert _amplify._TOOL_NAME not in [mon.get_tool(t) for t in range(6)]
+    finally:
+        _amplify._stop_code_points()
+        for tool in others:
+            mon.free_tool_id(tool)
+
+
 SHM_RACE_TEST = """
 from multiprocessing import shared_memory
 
