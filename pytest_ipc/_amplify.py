@@ -89,6 +89,16 @@ class Amplifier:
             return rng.random() * MAX_SLEEP
         return 0.0
 
+    def act(self) -> None:
+        """Do what the next choice says."""
+        choice = self.choose()
+        if choice is None:
+            return
+        if choice == 0.0:
+            os.sched_yield()
+        else:
+            time.sleep(choice)
+
 
 _amp: Amplifier | None = None
 
@@ -96,15 +106,8 @@ _amp: Amplifier | None = None
 def point() -> None:
     """A preemption point: maybe yield or sleep, by the worker's stream."""
     amp = _amp
-    if amp is None:
-        return
-    choice = amp.choose()
-    if choice is None:
-        return
-    if choice == 0.0:
-        os.sched_yield()
-    else:
-        time.sleep(choice)
+    if amp is not None:
+        amp.act()
 
 
 def activate(seed: int, index: int, p: float) -> None:
@@ -180,15 +183,6 @@ class CodePoints:
             self.stores[code] = known
         return known
 
-    def act(self) -> None:
-        choice = self.amp.choose()
-        if choice is None:
-            return
-        if choice == 0.0:
-            os.sched_yield()
-        else:
-            time.sleep(choice)
-
     # -- sys.settrace (3.10, 3.11) ---------------------------------------------
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
@@ -211,7 +205,7 @@ class CodePoints:
             sys.settrace(None)
             return None
         if frame.f_lasti in self.stores_in(frame.f_code):
-            self.act()
+            self.amp.act()
         return self.local
 
     # -- sys.monitoring (3.12+) ------------------------------------------------
@@ -241,7 +235,7 @@ class CodePoints:
         if self.left <= 0:
             self.stop()
             return None
-        self.act()
+        self.amp.act()
         return None
 
     def stop(self) -> None:
