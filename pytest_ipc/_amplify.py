@@ -126,22 +126,18 @@ def activate(seed: int, index: int, p: float) -> None:
 _STORES = frozenset(dis.opmap[name] for name in ("STORE_SUBSCR", "STORE_ATTR", "STORE_SLICE") if name in dis.opmap)
 
 
-_skipped: tuple[str, ...] = ()
-
-
 def _skipped_prefixes() -> tuple[str, ...]:
-    """Where code that gets no code points lives: the standard library and pytest-ipc.
+    """Where code that gets no code points lives: the standard library and pytest-ipc."""
+    paths = sysconfig.get_paths()
+    dirs = {paths["stdlib"], paths["platstdlib"], os.path.dirname(os.path.abspath(__file__))}
+    found = {os.path.join(f(d), "") for d in dirs for f in (str, os.path.realpath)}
+    return ("<", *sorted(found))  # "<frozen ...>", "<string>" too
 
-    Worked out once per process (``sysconfig`` takes a millisecond or two),
-    by ``install()`` in the test process, so that fork workers inherit it.
-    """
-    global _skipped
-    if not _skipped:
-        paths = sysconfig.get_paths()
-        dirs = {paths["stdlib"], paths["platstdlib"], os.path.dirname(os.path.abspath(__file__))}
-        found = {os.path.join(f(d), "") for d in dirs for f in (str, os.path.realpath)}
-        _skipped = ("<", *sorted(found))  # "<frozen ...>", "<string>" too
-    return _skipped
+
+# Worked out at import (sysconfig takes a millisecond or two): in the test
+# process, whose fork workers inherit it, and in the fork server, which
+# preloads this module.
+_SKIPPED = _skipped_prefixes()
 
 
 def _store_offsets(code: CodeType) -> frozenset[int]:
@@ -169,7 +165,7 @@ class CodePoints:
     def __init__(self, seed: int, index: int, p: float, budget: int = CODE_BUDGET) -> None:
         self.amp = Amplifier(seed, index, p, stream=":code")
         self.left = budget
-        self.skipped = _skipped_prefixes()
+        self.skipped = _SKIPPED
         self.stores: dict[CodeType, frozenset[int]] = {}
         self.tool: int | None = None
         self.watched: list[CodeType] = []
@@ -407,7 +403,6 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    _skipped_prefixes()
     from multiprocessing import connection, managers, process, queues, sharedctypes, synchronize
 
     _patch_property(sharedctypes.Synchronized, "value")
