@@ -367,6 +367,13 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> None:
+    """Note each fixture of a wider scope than function, for what race runs leave on them."""
+    if fixturedef.scope != "function":
+        request.config.stash.setdefault(state.scoped_fixturedefs_key, set()).add(fixturedef)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     if not _is_race(item) or item.config.getoption("setuponly") or item.config.getoption("setupplan"):
         return None

@@ -17,6 +17,9 @@ timeout_key = pytest.StashKey[float]()
 race_key = pytest.StashKey[Any]()  # a race.RaceRun while an ipc_race test runs
 # Race data (race.race_data) of the ipc_race test that Ctrl-C or SIGTERM cut short.
 interrupted_key = pytest.StashKey[list]()
+# Every fixture of a wider scope than function set up in the session (see
+# race._forget_finished_finalizers).
+scoped_fixturedefs_key = pytest.StashKey[set]()
 
 
 def settings(config: pytest.Config) -> Settings:

@@ -83,8 +83,10 @@ def test_wide(shared_value, ipc_workers):
 # allocated since run 10 and is still alive, each with one run's live
 # objects in it; the difference is what 180 runs left behind.  Every run
 # prints 2 KiB (captured output that must not be kept per run), records a
-# property, and uses tmp_path: a function fixture over a session one, like
-# ipc_workers.
+# property, and gets ipc_workers and tmp_path (function fixtures over a
+# session one, tmp_path_factory) through request.getfixturevalue() in a
+# helper fixture, as a user's may: then the session fixture is not among
+# those the test names.
 MEMORY = '''
 import gc
 import json
@@ -110,8 +112,15 @@ def measure():
     return tracemalloc.take_snapshot().filter_traces(MINE), requests
 
 
+@pytest.fixture
+def ipc_workers_at_run_time(request):
+    request.getfixturevalue("tmp_path")
+    return request.getfixturevalue("ipc_workers")
+
+
 @pytest.mark.ipc_race(runs=LAST)
-def test_memory(shared_value, ipc_workers, tmp_path, record_property):
+def test_memory(shared_value, ipc_workers_at_run_time, record_property):
+    ipc_workers = ipc_workers_at_run_time
     calls[0] += 1
     print("x" * 2047)
     record_property("run", calls[0])
