@@ -100,7 +100,9 @@ def test_scenario(name, ipc_context, launch, env, ipc_outcome):
 '''
 
 
-def run_cell(method: str, mode: str, names: list[str], runs: int, workdir: Path, seed: int) -> dict[str, Any]:
+def run_cell(
+    method: str, mode: str, names: list[str], runs: int, workdir: Path, seed: int, timeout: float | None = 3600
+) -> dict[str, Any]:
     """One pytest session: every named scenario, ``runs`` runs each, one start method and mode."""
     log = workdir / f"{method}-{mode}.log"
     report = workdir / f"{method}-{mode}.json"
@@ -121,7 +123,7 @@ def run_cell(method: str, mode: str, names: list[str], runs: int, workdir: Path,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - started
     rows: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     if log.exists():
@@ -210,14 +212,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ipc-bench-") as tmp:
         workdir = Path(tmp)
         (workdir / "test_bench.py").write_text(TEST_FILE)
+        # --long: a session per scenario, without a time limit, each reported as it
+        # ends, so that a campaign cut short still tells what it ran.
+        groups = [[n] for n in names] if args.long else [names]
         for method in methods:
             for mode in modes:
-                cell = run_cell(method, mode, names, runs[method], workdir, args.seed)
-                if cell["errors"]:
-                    print(f"# {method}/{mode}: pytest failed:\n{cell['errors']}", file=sys.stderr)
-                print(f"# {method}/{mode}: {cell['wall']:.1f}s", file=sys.stderr, flush=True)
-                for n in names:
-                    results.append((n, method, mode, summarize(n, cell["rows"][n]), cell["verdicts"].get(n, "-")))
+                for group in groups:
+                    cell = run_cell(method, mode, group, runs[method], workdir, args.seed,
+                                    timeout=None if args.long else 3600)
+                    if cell["errors"]:
+                        print(f"# {method}/{mode}: pytest failed:\n{cell['errors']}", file=sys.stderr)
+                    print(f"# {method}/{mode}: {cell['wall']:.1f}s", file=sys.stderr, flush=True)
+                    for n in group:
+                        s = summarize(n, cell["rows"][n])
+                        verdict = cell["verdicts"].get(n, "-")
+                        results.append((n, method, mode, s, verdict))
+                        if args.long:
+                            print(f"#   {n}: {s['runs']} runs, {s['races']} with a wrong result, "
+                                  f"{s['rate']:.1f} runs/s, verdict {verdict}", file=sys.stderr, flush=True)
 
     print("\n| scenario | start method | mode | runs | runs showing the race | median runs to first race | runs/s | plugin verdict |")
     print("|---|---|---|---:|---:|---:|---:|---|")
