@@ -201,12 +201,13 @@ def main() -> None:
         names = [n for n in names if n in scenarios.RACE_FREE]
         modes = ["jitter"]
         runs = dict.fromkeys(methods, 10_000)
-        # From the quick mode's runs/s on a loaded 2-core machine (load average ~8):
-        # fork ~1.5 h, forkserver ~9 h, spawn ~15 h, the Manager scenarios being the
-        # slowest (0.5-3 runs/s).  Use --methods/--scenarios to split it up.
-        print("--long: 10,000 runs of each race-free scenario per start method; measured rates "
-              "give roughly 1.5 h under fork, 9 h under forkserver and 15 h under spawn "
-              "on a loaded 2-core machine.", flush=True)
+        # Measured on an idle 2-core machine (2026-11-30, Python 3.12): fork took
+        # 34 min; the quick mode's runs/s give about 2 h under forkserver and 4 h
+        # under spawn, the Manager scenario being the slowest.  Use --methods and
+        # --scenarios to split it up.
+        print("--long: 10,000 runs of each race-free scenario per start method; on an idle "
+              "2-core machine about 35 min under fork, 2 h under forkserver and 4 h under spawn.",
+              flush=True)
 
     results: list[tuple[str, str, str, dict[str, Any], str]] = []
     with tempfile.TemporaryDirectory(prefix="ipc-bench-") as tmp:
