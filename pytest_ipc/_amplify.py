@@ -31,9 +31,10 @@ their target is wrapped so that it switches it on in the child with a seed of
 its own (this works under fork, spawn and forkserver, for any ``Process``
 with a ``target``; a ``Process`` subclass that overrides ``run`` is reached
 under fork only, through the inherited patches).  ``RawValue``/``RawArray``
-and plain ``ctypes`` objects have no Python-level hook and get no points;
-``SharedMemory`` gets one when ``.buf`` is fetched; all of them get the code
-points above.
+and plain ``ctypes`` objects have no Python-level hook of their own, and
+``SharedMemory`` has one only where ``.buf`` is fetched: the code points
+above are what reach their reads and writes (from 3.12 at any level, before
+it from ``SETTRACE_MIN_P`` up).
 
 No pytest here: this runs in worker processes.
 """
@@ -63,7 +64,7 @@ SLEEP_SHARE = 0.5
 CODE_BUDGET = 20_000
 # Before 3.12 code points need sys.settrace, and any trace function slows
 # every Python instruction of the worker (2-4x measured on 3.11), which made
-# race-free scenarios 20-50% slower at jitter low: there they come only from
+# race-free scenarios 17-50% slower at jitter low: there they come only from
 # jitter high (this probability) up.
 SETTRACE_MIN_P = 0.25
 
@@ -165,7 +166,6 @@ class CodePoints:
     def __init__(self, seed: int, index: int, p: float, budget: int = CODE_BUDGET) -> None:
         self.amp = Amplifier(seed, index, p, stream=":code")
         self.left = budget
-        self.skipped = _SKIPPED
         self.stores: dict[CodeType, frozenset[int]] = {}
         self.tool: int | None = None
         self.watched: list[CodeType] = []
@@ -174,7 +174,7 @@ class CodePoints:
         """Offsets of the stores in ``code`` that are points; empty for code we leave alone."""
         known = self.stores.get(code)
         if known is None:
-            mine = not code.co_filename.startswith(self.skipped)
+            mine = not code.co_filename.startswith(_SKIPPED)
             known = _store_offsets(code) if mine else frozenset()
             self.stores[code] = known
         return known

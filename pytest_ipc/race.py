@@ -15,7 +15,7 @@ import multiprocessing
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from _pytest._io import TerminalWriter
@@ -350,24 +350,16 @@ def _forget_finished_finalizers(item: pytest.Item) -> None:
     it at every set-up, and pytest keeps those until the session fixture ends
     (pytest issue #4871): each holds that run's requests, about 1 KB a run.
     Once the run is torn down they would do nothing (the fixture is finished),
-    so dropping them changes nothing but the memory.  Every fixture the
-    session knows is looked at, not only those the test names: a fixture got
+    so dropping them changes nothing but the memory.  Every wider-scoped
+    fixture the session has set up is looked at (the plugin notes them in
+    ``pytest_fixture_setup``), not only those the test names: a fixture got
     with ``request.getfixturevalue()`` registers its ``finish`` just the same.
     """
-    for fixturedef in _fixturedefs(item):
+    for fixturedef in item.config.stash.get(state.scoped_fixturedefs_key, ()):
         finalizers = getattr(fixturedef, "_finalizers", None)
         if fixturedef.scope == "function" or not finalizers:
             continue
         finalizers[:] = [f for f in finalizers if not _is_finished_function_fixture(f)]
-
-
-def _fixturedefs(item: pytest.Item) -> Iterator[Any]:
-    """The test's own fixtures and every wider-scoped one the session set up."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is not None:
-        for defs in info.name2fixturedefs.values():
-            yield from defs
-    yield from item.config.stash.get(state.scoped_fixturedefs_key, ())
 
 
 def _is_finished_function_fixture(finalizer: Any) -> bool:
