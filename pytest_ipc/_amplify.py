@@ -41,14 +41,16 @@ No pytest here: this runs in worker processes.
 
 from __future__ import annotations
 
+import ctypes
 import dis
+import functools
 import os
 import random
 import sys
 import sysconfig
 import time
 from types import CodeType, FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 # The longest sleep at a preemption point.  Long enough for another worker
 # on the other core to get through a critical section, short enough that a
@@ -64,9 +66,15 @@ SLEEP_SHARE = 0.5
 CODE_BUDGET = 20_000
 # Before 3.12 code points need sys.settrace, and any trace function slows
 # every Python instruction of the worker (2-4x measured on 3.11), which made
-# race-free scenarios 17-50% slower at jitter low: there they come only from
-# jitter high (this probability) up.
+# race-free scenarios 17-50% slower at jitter low.  So there, below this
+# probability (jitter high is at it), they come on demand: only in a worker
+# that touches shared memory no lock guards (a SharedMemory buffer, a raw
+# ctypes object), the one place where only they can amplify.
 SETTRACE_MIN_P = 0.25
+
+# Raw shared ctypes objects (RawValue, RawArray, Value(lock=False)) are plain
+# ctypes instances in an mmap'd arena.
+_CTYPES = (ctypes._SimpleCData, ctypes.Array, ctypes.Structure, ctypes.Union)
 
 _seed = 0
 _children = 0
@@ -111,13 +119,26 @@ def point() -> None:
         amp.act()
 
 
-def activate(seed: int, index: int, p: float) -> None:
-    """Switch amplification on in this process (a worker, after the start barrier)."""
-    global _amp
+def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
+    """Switch amplification on in this process (a worker, after the start barrier).
+
+    ``uses`` are what the worker's target was given (its arguments, and what
+    a ``functools.partial`` or closure holds): where code points cost a trace
+    function and come on demand, unguarded shared memory among them switches
+    them on from the start.
+    """
+    global _amp, _code_points_due
     hand_on(seed, p)
     _amp = Amplifier(seed, index, p) if p > 0 else None
-    if p > 0 and (sys.version_info >= (3, 12) or p >= SETTRACE_MIN_P):
+    _code_points_due = None
+    if p <= 0:
+        return
+    if sys.version_info >= (3, 12) or p >= SETTRACE_MIN_P:
         _trace_own_code(seed, index, p)
+    else:
+        _code_points_due = (seed, index, p)
+        if any(_unguarded(x) for x in _reachable(uses)):
+            _code_points_on_demand()
 
 
 # -- code points: the worker's own stores ------------------------------------
@@ -284,8 +305,74 @@ def _trace_own_code(seed: int, index: int, p: float) -> None:
     _code_points = points
 
 
+# (seed, index, p) of a worker whose code points come on demand (before 3.12,
+# below SETTRACE_MIN_P) and have not come yet.
+_code_points_due: tuple[int, int, float] | None = None
+
+
+def _code_points_on_demand() -> None:
+    """Switch due code points on, for the frames running now as well as new ones.
+
+    Called when the worker touches unguarded shared memory.  The frames on
+    the stack get the trace function the way a debugger's ``set_trace``
+    gives it to them, so the store of the statement that fetched a
+    ``SharedMemory.buf`` is already a point.
+    """
+    global _code_points_due
+    due, _code_points_due = _code_points_due, None
+    if due is None or _amp is None:
+        return
+    _trace_own_code(*due)
+    points = _code_points
+    if points is None or sys.gettrace() is not points:
+        return  # another tracer came first
+    # The worker's own frames: from the hook up to where pytest-ipc (or the
+    # standard library) called the worker's target.  Under fork the frames
+    # above that are the parent's, and never run again here.
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        frame = frame.f_back  # the hook itself
+    while frame is not None and not frame.f_code.co_filename.startswith(_SKIPPED):
+        if points.stores_in(frame.f_code):
+            frame.f_trace_lines = False
+            frame.f_trace_opcodes = True
+            frame.f_trace = points.local
+        frame = frame.f_back
+
+
+def _unguarded(obj: Any) -> bool:
+    """Is ``obj`` shared memory that no lock guards?"""
+    if isinstance(obj, (memoryview, _CTYPES)):
+        return True
+    try:
+        from multiprocessing.shared_memory import SharedMemory
+    except ImportError:  # pragma: no cover - always there on 3.8+
+        return False
+    return isinstance(obj, SharedMemory) or hasattr(obj, "__array_interface__")
+
+
+def _reachable(uses: Iterable[Any]) -> Iterator[Any]:
+    """What a worker's arguments hold one level down, and what its callables close over."""
+    for obj in uses:
+        yield obj
+        if isinstance(obj, (tuple, list)):
+            yield from obj
+        elif isinstance(obj, dict):
+            yield from obj.values()
+        elif isinstance(obj, functools.partial):
+            yield obj.func
+            yield from obj.args
+            yield from obj.keywords.values()
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                yield cell.cell_contents
+            except ValueError:  # an empty cell
+                pass
+
+
 def _stop_code_points() -> None:
-    global _code_points
+    global _code_points, _code_points_due
+    _code_points_due = None
     points, _code_points = _code_points, None
     if points is None:
         return
@@ -327,13 +414,16 @@ class Amplified:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Its own children get seeds of their own, derived from its stream's key.
-        activate(int(random.Random(f"{self.seed}:{self.index}").getrandbits(32)), self.index, self.p)
+        seed = int(random.Random(f"{self.seed}:{self.index}").getrandbits(32))
+        activate(seed, self.index, self.p, (self.target, *args, *kwargs.values()))
         return self.target(*args, **kwargs)
 
 
-def _wrap_after(func: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_after(func: Callable[..., Any], on_result: Callable[[Any], None] | None = None) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         result = func(*args, **kwargs)
+        if on_result is not None:
+            on_result(result)
         point()
         return result
 
@@ -368,14 +458,15 @@ def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[.
     setattr(cls, name, wrap(original))
 
 
-def _patch_property(cls: type, name: str) -> None:
+def _patch_property(cls: type, name: str, on_get: Callable[[Any], None] | None = None) -> None:
     prop = cls.__dict__.get(name)
     if not isinstance(prop, property) or getattr(prop.fget, "__wrapped__", None):
         return
     fget, fset = prop.fget, prop.fset
     # A point after the read and one before the write: both fall inside
     # the window of ``v.value += 1``, which is where updates get lost.
-    setattr(cls, name, property(_wrap_after(fget), _wrap_before(fset) if fset else None, prop.fdel, prop.__doc__))
+    getter = _wrap_after(fget, on_get)
+    setattr(cls, name, property(getter, _wrap_before(fset) if fset else None, prop.fdel, prop.__doc__))
 
 
 def _start(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -424,4 +515,10 @@ def install() -> None:
         from multiprocessing import shared_memory
     except ImportError:  # pragma: no cover - always there on 3.8+
         return
-    _patch_property(shared_memory.SharedMemory, "buf")
+    _patch_property(shared_memory.SharedMemory, "buf", _buf_fetched)
+
+
+def _buf_fetched(buf: Any) -> None:
+    # The one hook a SharedMemory has: its buffer is about to be used.
+    if _code_points_due is not None:
+        _code_points_on_demand()

@@ -241,7 +241,7 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
     if spec.jitter > 0:
         from pytest_ipc import _amplify
 
-        _amplify.activate(spec.seed, spec.index, spec.jitter)
+        _amplify.activate(spec.seed, spec.index, spec.jitter, (func, *args, *kwargs.values()))
 
     try:
         value = func(*args, **kwargs)

@@ -132,6 +132,11 @@ def inc_dict_locked(d, lock, n):
             d["n"] += 1
 
 
+def code_points_on(*given):
+    """Are code points on as the worker starts, given these arguments?"""
+    return _amplify._code_points is not None
+
+
 def inc_byte(name, n):
     from multiprocessing import shared_memory
 
@@ -223,9 +228,10 @@ def test_choices(ipc_workers):
 
 # -- code points: the worker's own instructions -------------------------------------
 
-# Before Python 3.12 code points use sys.settrace: they come only from jitter
-# high up (a trace function slows the whole worker), and step aside for a
-# trace function that is already set, coverage.py's under tox -e coverage.
+# Before Python 3.12 code points use sys.settrace, and a trace function slows
+# the whole worker: below jitter high they come on demand, when a worker
+# touches shared memory no lock guards.  They step aside for a trace function
+# that is already set, coverage.py's under tox -e coverage.
 MONITORING = sys.version_info >= (3, 12)
 STEP_ASIDE = not MONITORING and sys.gettrace() is not None
 CODE_POINTS_AT_LOW = MONITORING
@@ -307,6 +313,58 @@ def test_functions_without_stores_are_not_watched() -> None:
         assert _sum_to(1000) == sum(range(1000))
     assert points.left == idle.left  # (the context manager's own frame costs a few under settrace)
     assert points.amp.calls == 0  # type: ignore[attr-defined]
+
+
+def _bump(shm: Any, n: int) -> None:
+    for _ in range(n):
+        shm.buf[0] += 1  # fetch .buf, read, add, then a store: a code point before it
+
+
+@NEEDS_CODE_POINTS
+@pytest.mark.skipif(MONITORING, reason="from Python 3.12 code points are on from the start")
+def test_code_points_come_when_the_worker_touches_a_shared_memory_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At jitter low before 3.12, the first SharedMemory.buf fetch switches code points on, for that very statement too."""
+    from multiprocessing import shared_memory
+
+    class Counted(_amplify.CodePoints):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.amp = _Counting(3, 1, 0.0)
+
+    monkeypatch.setattr(_amplify, "CodePoints", Counted)
+    shm = shared_memory.SharedMemory(create=True, size=8)
+    try:
+        _amplify.activate(3, 1, 0.05)
+        try:
+            _fill(10)  # stores, but no shared memory: nothing due yet
+            assert _amplify._code_points is None and sys.gettrace() is None
+            _bump(shm, 10)
+            points = _amplify._code_points
+            assert points is not None and sys.gettrace() is points
+        finally:
+            _amplify.deactivate()
+        assert sys.gettrace() is None
+        assert points.amp.calls == 10  # type: ignore[attr-defined]
+        assert shm.buf[0] == 10
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+@pytest.mark.skipif(MONITORING, reason="from Python 3.12 code points are on from the start")
+def test_code_points_on_demand_wait_for_shared_memory() -> None:
+    """At jitter low before 3.12, a worker that touches no unguarded shared memory has no trace function."""
+    from multiprocessing import sharedctypes
+
+    synced = sharedctypes.Value("i", 0)
+    _amplify.activate(3, 1, 0.05, (_fill, synced, [synced], {"v": synced}))
+    try:
+        _fill(10)
+        synced.value += 1
+        assert _amplify._code_points is None
+        assert sys.gettrace() is None or STEP_ASIDE
+    finally:
+        _amplify.deactivate()
 
 
 @NEEDS_CODE_POINTS
@@ -409,10 +467,10 @@ def test_byte(segment, ipc_workers, ipc_outcome):
 """
 
 # shm.buf[0] += 1 from 9 workers x 25 (a byte holds the 225), with code points
-# (jitter low on 3.12 and 3.13, high on 3.11): 30 of 30 runs lost updates under
-# each start method and Python, ending anywhere from ~25 to ~170, no byte seen
-# in more than 3 of 30 runs.  Five runs miss only if all five end on the same
-# byte: under 0.1 ** 4 = 1e-4, and far less in fact.
+# at the default jitter: 30 of 30 runs lost updates under each start method and
+# Python, ending anywhere from ~25 to ~170, no byte seen in more than 3 of 30
+# runs.  Five runs miss only if all five end on the same byte: under
+# 0.1 ** 4 = 1e-4, and far less in fact.
 SHM_RUNS = 5
 
 
@@ -421,8 +479,7 @@ SHM_RUNS = 5
 def test_shared_memory_byte_race_is_caught(pytester: pytest.Pytester, method: str) -> None:
     """A read-modify-write of a SharedMemory byte, with no IPC call inside it, is caught in five runs."""
     _write_json_test(pytester, SHM_RACE_TEST.format(runs=SHM_RUNS))
-    level = () if CODE_POINTS_AT_LOW else ("--ipc-jitter=high",)
-    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", *level, timeout=120)
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=120)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*RaceDetected: outcomes differ across {SHM_RUNS} runs (start method {method}*"])
 
@@ -456,8 +513,50 @@ def test_points_reach_objects_the_worker_creates(pytester: pytest.Pytester, meth
     assert out["pipe"] >= 2  # type: ignore[index]
     # A process the worker starts itself gets amplification too (the Amplified target).
     assert out["child_active"] == 1  # type: ignore[index]
-    # The worker's own code passes code points at jitter low from Python 3.12.
+    # The worker's own code passes code points at jitter low from Python 3.12
+    # (before it, only once it touches unguarded shared memory: not here).
     assert out["code_points"] is CODE_POINTS_AT_LOW  # type: ignore[index]
+
+
+RAW_PROBE_TEST = """
+from multiprocessing import shared_memory, sharedctypes
+
+@pytest.mark.ipc_race(runs=1)
+def test_probe(ipc_workers, ipc_context):
+    shm = shared_memory.SharedMemory(create=True, size=8)
+    try:
+        given = {
+            "raw": (sharedctypes.RawValue("i", 0),),
+            "unlocked": (ipc_context.Value("i", 0, lock=False),),
+            "raw_in_list": ([sharedctypes.RawArray("i", 3)],),
+            "segment": (shm,),
+            "synchronized": (ipc_context.Value("i", 0), ipc_context.Array("i", 3)),
+            "nothing": (1, "x"),
+        }
+        out = {}
+        for kind, args in given.items():
+            ipc_workers.start(helpers.code_points_on, args=args)
+            out[kind] = ipc_workers.join()[-1]  # join() gives every worker of the run so far
+    finally:
+        shm.close()
+        shm.unlink()
+    with open("out.json", "w") as f:
+        json.dump(out, f)
+"""
+
+
+@NEEDS_CODE_POINTS
+@pytest.mark.parametrize("method", METHODS)
+def test_code_points_start_with_a_worker_given_unguarded_shared_memory(pytester: pytest.Pytester, method: str) -> None:
+    """Raw ctypes objects and SharedMemory among a worker's arguments bring code points from its start."""
+    _write_json_test(pytester, RAW_PROBE_TEST)
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=120)
+    result.assert_outcomes(passed=1)
+    out = _read(pytester)
+    assert out == {  # before 3.12 on demand; from 3.12 always
+        "raw": True, "unlocked": True, "raw_in_list": True, "segment": True,
+        "synchronized": MONITORING, "nothing": MONITORING,
+    }
 
 
 @NEEDS_CODE_POINTS
