@@ -202,11 +202,13 @@ def main() -> None:
         modes = ["jitter"]
         runs = dict.fromkeys(methods, 10_000)
         # Measured on an idle 2-core machine (2026-11-30, Python 3.12): fork took
-        # 34 min; the quick mode's runs/s give about 2 h under forkserver and 4 h
-        # under spawn, the Manager scenario being the slowest.  Use --methods and
-        # --scenarios to split it up.
+        # 34 min for issue 4's four scenarios; the quick mode's runs/s give about
+        # 2 h under forkserver and 4 h under spawn, the Manager scenario being the
+        # slowest.  The fifth (SharedMemory) adds about a quarter.  Use --methods
+        # and --scenarios to split it up.
         print("--long: 10,000 runs of each race-free scenario per start method; on an idle "
-              "2-core machine about 35 min under fork, 2 h under forkserver and 4 h under spawn.",
+              "2-core machine, for issue 4's four scenarios, about 35 min under fork, 2 h "
+              "under forkserver and 4 h under spawn (the SharedMemory one adds about a quarter).",
               flush=True)
 
     results: list[tuple[str, str, str, dict[str, Any], str]] = []
