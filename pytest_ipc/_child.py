@@ -250,6 +250,13 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
     except BaseException as exc:
         write_result(spec.workdir, spec.index, _error_result("run", exc))
         raise SystemExit(1) from None
+    finally:
+        if spec.jitter > 0:
+            # The worker's own code is done: what runs from here on (writing
+            # the result, multiprocessing's exit handlers) is ours and the
+            # standard library's, and before 3.12 a trace function would slow
+            # all of it.  The IPC points stay, for queues flushed at exit.
+            _amplify.stop_code_points()
 
     if value is not None:
         try:

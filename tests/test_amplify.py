@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dis
+import inspect
 import json
 import re
 import shlex
@@ -292,7 +294,7 @@ def _code_points(budget: int = 10**6) -> Iterator[_amplify.CodePoints]:
         points.amp = _Counting(3, 1, 0.0)
         yield points
     finally:
-        _amplify._stop_code_points()
+        _amplify.stop_code_points()
 
 
 @NEEDS_CODE_POINTS
@@ -367,6 +369,41 @@ def test_code_points_on_demand_wait_for_shared_memory() -> None:
         _amplify.deactivate()
 
 
+def _stores_by_dis(code: Any) -> frozenset[int]:
+    return frozenset(i.offset for i in dis.get_instructions(code) if i.opname in ("STORE_SUBSCR", "STORE_ATTR", "STORE_SLICE"))
+
+
+def test_stores_read_off_the_bytecode_are_the_ones_dis_finds() -> None:
+    """The byte scan finds exactly dis's stores, in plain, specialized and instrumented code alike."""
+    import _pytest.fixtures
+    import _pytest.python
+
+    def functions(*modules: Any) -> Iterator[Any]:
+        for module in modules:
+            for obj in vars(module).values():
+                if inspect.isfunction(obj):
+                    yield obj
+                elif inspect.isclass(obj):
+                    yield from (f for f in vars(obj).values() if inspect.isfunction(f))
+
+    def check() -> None:
+        found = 0
+        for func in (_fill, _sum_to, *functions(textwrap, _pytest.python, _pytest.fixtures)):
+            stores = _amplify._store_offsets(func.__code__)
+            assert stores == _stores_by_dis(func.__code__), func.__qualname__
+            found += bool(stores)
+        assert found > 50
+
+    check()
+    with _code_points():
+        for _ in range(100):
+            _fill(10)
+        check()  # _fill watched: instrumented by sys.monitoring on 3.12+
+    for _ in range(100):
+        _fill(10)
+    check()  # _fill hot: specialized
+
+
 @NEEDS_CODE_POINTS
 def test_code_points_skip_the_stdlib_and_pytest_ipc() -> None:
     """Stores in the standard library and in pytest-ipc's own code are no code points."""
@@ -405,7 +442,7 @@ def test_an_existing_trace_function_is_kept() -> None:
             _fill(10)
             return points, sys.gettrace()
         finally:
-            _amplify._stop_code_points()
+            _amplify.stop_code_points()
 
     (points, during), after = _under(theirs, switch_on_and_fill)
     assert during is theirs and after is theirs
@@ -443,7 +480,7 @@ def test_code_points_take_no_tool_id_that_others_ask_for() -> None:
         assert _amplify._code_points is None
         assert _amplify._TOOL_NAME not in [mon.get_tool(t) for t in range(6)]
     finally:
-        _amplify._stop_code_points()
+        _amplify.stop_code_points()
         for tool in others:
             mon.free_tool_id(tool)
 
