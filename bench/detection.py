@@ -46,6 +46,8 @@ sys.path.insert(0, str(HERE))
 
 import scenarios  # noqa: E402
 
+from pytest_ipc import settings  # noqa: E402
+
 METHODS = ("fork", "forkserver", "spawn")
 MODES = ("plain", "barrier", "jitter")
 JITTER = {"plain": "off", "barrier": "off", "jitter": "low"}
@@ -188,6 +190,10 @@ def main() -> None:
     ap.add_argument("--level", default="low",
                     help="--ipc-jitter of the jitter mode: off, low, high or a probability (default low)")
     args = ap.parse_args()
+    try:
+        settings.jitter(args.level, "--level")  # the plugin's own check, before any session starts
+    except settings.SettingError as exc:
+        ap.error(str(exc))
 
     JITTER["jitter"] = args.level
     methods = [m for m in args.methods.split(",") if m]

@@ -236,6 +236,7 @@ class CodePoints:
         code = frame.f_code
         if code not in self.store_lines:
             self.store_lines[code] = _lines_of(code, self.stores_in(code))
+            self.watched.append(code)
         frame.f_trace_lines = True
         frame.f_trace_opcodes = frame.f_lineno in self.store_lines[code]
         frame.f_trace = self._local
