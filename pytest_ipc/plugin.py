@@ -60,6 +60,14 @@ def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -
             manager.set_blocked(name)
 
 
+# The ini keys that take numbers.  pytest 9's [tool.pytest] table keeps TOML's
+# types and checks them against the declared type: from pytest 9.2 a union
+# lets `ipc_runs = 200` be a number there (an ini file still gives the text,
+# as str comes first), and the settings module checks either.  Before 9.2 only
+# one type can be declared, and it stays text: write `ipc_runs = "200"` there.
+NUMBER_OR_TEXT: Any = (str | int | float) if pytest.version_tuple >= (9, 2) else None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ipc", "pytest-ipc: multiprocessing fixtures and race detection")
     group.addoption("--ipc-start-method", dest="ipc_start_method", default=None, metavar="METHOD",
@@ -85,13 +93,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="what a process, SharedMemory segment, Pipe or Manager that a pytest-ipc test "
                          "leaves behind does: fail the test, warn, or off (default fail).")
     parser.addini("ipc_start_method", "default start method of the IPC fixtures", default="")
-    parser.addini("ipc_timeout", "default timeout in seconds of the IPC fixtures", default="")
-    parser.addini("ipc_runs", "default number of runs of an ipc_race test", default="")
-    parser.addini("ipc_budget", "default time budget in seconds of an ipc_race test", default="")
-    parser.addini("ipc_seed", "session seed of pytest-ipc", default="")
-    parser.addini("ipc_jitter", "race amplification level: off, low, high or a probability", default="")
+    parser.addini("ipc_timeout", "default timeout in seconds of the IPC fixtures", NUMBER_OR_TEXT, default="")
+    parser.addini("ipc_runs", "default number of runs of an ipc_race test", NUMBER_OR_TEXT, default="")
+    parser.addini("ipc_budget", "default time budget in seconds of an ipc_race test", NUMBER_OR_TEXT, default="")
+    parser.addini("ipc_seed", "session seed of pytest-ipc", NUMBER_OR_TEXT, default="")
+    parser.addini("ipc_jitter", "race amplification level: off, low, high or a probability", NUMBER_OR_TEXT,
+                  default="")
     parser.addini("ipc_leak_check", "leak check after pytest-ipc tests: off, warn or fail", default="")
-    parser.addini("ipc_shards", "number of test items each ipc_race test's runs are split into", default="")
+    parser.addini("ipc_shards", "number of test items each ipc_race test's runs are split into", NUMBER_OR_TEXT,
+                  default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:

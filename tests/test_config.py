@@ -75,6 +75,57 @@ def test_bad_ini_key_is_a_usage_error(pytester: pytest.Pytester, key: str, value
     assert_clean_error(result, USAGE_ERROR, "ERROR: pytest-ipc: " + message.lstrip("*"))
 
 
+NATIVE_TOML = pytest.mark.skipif(
+    pytest.version_tuple < (9, 2), reason="[tool.pytest] takes union-typed keys from pytest 9.2"
+)
+
+
+@NATIVE_TOML
+@pytest.mark.parametrize("jitter", ["0.1", '"0.1"'])
+def test_native_toml_takes_numbers_as_numbers(pytester: pytest.Pytester, jitter: str) -> None:
+    """In pytest 9's [tool.pytest] table, ipc_runs = 7 is a number, and "7" still works."""
+    pytester.makefile(".toml", pyproject=(
+        f"[tool.pytest]\nipc_runs = 7\nipc_seed = 5\nipc_timeout = 20\nipc_budget = 30.5\nipc_jitter = {jitter}\n"
+    ))
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.ipc_race
+        def test_race(ipc_outcome):
+            ipc_outcome.record(1)
+        """
+    )
+    result = pytester.runpytest("-v", "--ipc-report=report.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pytest-ipc: seed 5, start method *, timeout 20s, runs 7, jitter 0.1"])
+    import json
+
+    (test,) = json.loads((pytester.path / "report.json").read_text())["tests"]
+    assert test["runs"] == 7
+
+
+@NATIVE_TOML
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("ipc_runs = 0", "ERROR: pytest-ipc: ini key ipc_runs = 0 in pyproject.toml: expected a positive whole number*"),
+        ("ipc_runs = 7.5", "ERROR: pytest-ipc: ini key ipc_runs = 7.5 in pyproject.toml: expected a positive whole*"),
+        ("ipc_jitter = nan", "ERROR: pytest-ipc: ini key ipc_jitter = nan in pyproject.toml: expected off, low, high*"),
+        ("ipc_timeout = inf", "ERROR: pytest-ipc: ini key ipc_timeout = inf in pyproject.toml: *"),
+        ("ipc_seed = -1", "ERROR: pytest-ipc: ini key ipc_seed = -1 in pyproject.toml: expected a whole number*"),
+        # Not a type the key takes: pytest's own usage error, as clean.
+        ("ipc_runs = true", "ERROR: *pyproject.toml: config option 'ipc_runs' expects one of *, got bool: True"),
+        ("ipc_runs = [7]", "ERROR: *pyproject.toml: config option 'ipc_runs' expects one of *, got list: ?7?"),  # ([...] is a class to fnmatch)
+    ],
+)
+def test_bad_native_toml_value_is_a_usage_error(pytester: pytest.Pytester, line: str, message: str) -> None:
+    pytester.makefile(".toml", pyproject=f"[tool.pytest]\n{line}\n")
+    pytester.makepyfile(PLAIN_TEST)
+    result = pytester.runpytest()
+    assert_clean_error(result, USAGE_ERROR, message)
+
+
 def test_option_overrides_a_bad_ini_key(pytester: pytest.Pytester) -> None:
     """The command line wins over the ini file, so a bad ini value it replaces is never read."""
     pytester.makefile(".ini", pytest="[pytest]\nipc_timeout = nope\n")
