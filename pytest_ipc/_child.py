@@ -63,6 +63,9 @@ class ChildSpec:
     # the parent's pid, or 0 for "whichever process forked me" (the fork server).
     die_with_parent: bool = False
     parent_pid: int = 0
+    # Where to note the SharedMemory segments this worker creates, and the
+    # test process's pid (see _shmlog); None outside a leak-checked test.
+    shm_log: tuple[str, int] | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled (spawn, forkserver) before the target's arguments: patch
@@ -189,6 +192,10 @@ def _let_fork_server_go() -> None:
 def _prepare_process(spec: ChildSpec) -> None:
     if spec.die_with_parent:
         _die_with_parent(spec.parent_pid)
+    if spec.shm_log is not None:
+        from pytest_ipc import _shmlog
+
+        _shmlog.follow(*spec.shm_log)
     if resource is not None:
         # A hung worker is ended with SIGABRT so that faulthandler writes its
         # stacks; that must not leave a core file in the user's directory.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Sequence
 
-from pytest_ipc import _child
+from pytest_ipc import _child, _shmlog
 from pytest_ipc.errors import WorkerError, WorkerFailed, WorkerStartError, WorkerTimeout
 
 # How long a worker sent SIGABRT gets to write its stacks and die, and how
@@ -335,6 +335,7 @@ class IpcWorkers:
                     name=wname, index=index, workdir=self._workdir, ready=ready_w, go=go_r,
                     timeout=self.timeout, seed=self.seed, jitter=self.jitter,
                     die_with_parent=parent_pid is not None, parent_pid=parent_pid or 0,
+                    shm_log=_shmlog.current(),
                 )
                 proc = self._ctx.Process(
                     target=_child.bootstrap, name=wname,

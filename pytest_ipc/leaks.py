@@ -4,13 +4,13 @@ Four kinds of leak, each named with what the user can fix:
 
 - a process started with ``multiprocessing`` and never joined (running or
   exited), and among those a ``Manager`` that was never shut down;
-- a ``SharedMemory`` segment created in the test's process and never
-  unlinked (still in /dev/shm).  Segments are attributed by name, through
-  multiprocessing's resource-tracker registration, never by comparing
+- a ``SharedMemory`` segment created during the test and never unlinked
+  (still in /dev/shm).  Segments are attributed by name, never by comparing
   /dev/shm before and after: other processes (pytest-xdist workers, other
-  jobs) create and remove segments there all the time.  A segment that a
-  child process creates and leaks is not seen here; the resource tracker
-  warns about it when the session ends;
+  jobs) create and remove segments there all the time.  The test process's
+  own are seen through multiprocessing's resource-tracker registration,
+  those its workers create through :mod:`pytest_ipc._shmlog` (see there for
+  which child processes it reaches);
 - a ``Pipe`` (or any ``multiprocessing.connection.Connection``, the pipes
   of a ``Queue`` included) still open and reachable after the test.
 
@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pytest_ipc import state
+from pytest_ipc import _shmlog, state
 
 SHM_DIR = "/dev/shm"
 # How long a leaked process gets to end after terminate(), before SIGKILL.
@@ -269,13 +269,16 @@ def _ipc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     registrations = _Registrations()
     registrations.install()
+    basetemp = request.getfixturevalue("tmp_path_factory").getbasetemp()
+    _shmlog.start(os.path.join(basetemp, f"ipc-shm-created-{os.getpid()}.log"))
     before = Snapshot()
     try:
         yield
     finally:
         registrations.uninstall()
+        by_children = _shmlog.stop()
     passed = state.call_passed(item)
-    leaks = find(before, check_fds=passed, created_shm=registrations.names)
+    leaks = find(before, check_fds=passed, created_shm=registrations.names | by_children)
     if not leaks:
         return
     from pytest_ipc.errors import LeakError, LeakWarning

@@ -37,6 +37,25 @@ def wait_for(event):
 
 def quick():
     pass
+
+
+def make_segment(unlink):
+    """Create a segment in this worker; leak it unless ``unlink``."""
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(create=True, size=64)
+    note("shm", shm.name)
+    shm.close()  # unmaps it; only unlink() removes it
+    if unlink:
+        shm.unlink()
+
+
+def attach(name):
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=name)
+    shm.buf[0] += 1
+    shm.close()
 '''
 
 # Kept module-level in the inner test file: reachable after the test, so a
@@ -75,6 +94,11 @@ def test_shared_memory_never_unlinked(ipc_context):
     shm = shared_memory.SharedMemory(create=True, size=64)
     helpers.note("shm", shm.name)
     shm.close()
+
+
+def test_shared_memory_a_worker_never_unlinked(ipc_workers):
+    ipc_workers.start(helpers.make_segment, args=(False,))
+    ipc_workers.join()
 
 
 def test_pipe_never_closed(ipc_context):
@@ -126,12 +150,13 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: 
 def test_each_leak_fails_its_test_naming_it(pytester: pytest.Pytester, inner, method: str) -> None:
     pytester.makepyfile(test_leaks=LEAKS)
     result = inner(f"--ipc-start-method={method}")
-    result.assert_outcomes(passed=5, errors=5)
+    result.assert_outcomes(passed=6, errors=6)
     result.stdout.fnmatch_lines_random([
         "ERROR test_leaks.py::test_process_still_running - pytest_ipc.LeakError*",
         "*process never joined: stuck-worker (pid *) was still running; call join() on it*",
         "*process never joined: unjoined-worker (pid *) had exited with code 0; call join() on it*",
         "*SharedMemory never unlinked: '*' in /dev/shm; call unlink() on it*",
+        "test_leaks.py::test_shared_memory_a_worker_never_unlinked left 1 thing(s) behind*",
         "*Pipe never closed: a Connection over a *, fd * (duplex); call close() on both ends*",
         "*Manager never shut down: its server process SyncManager-* (pid *) was still running*",
     ])
@@ -142,8 +167,8 @@ def test_each_leak_fails_its_test_naming_it(pytester: pytest.Pytester, inner, me
     # output would depend on where the suite runs.
     heads = [line for line in result.stdout.lines
              if re.match(r"test_leaks\.py::\w+ left \d+ thing\(s\) behind", line)]
-    assert sum("left 1 thing(s) behind" in line for line in heads) == 4, heads
-    assert len(heads) == 5, heads
+    assert sum("left 1 thing(s) behind" in line for line in heads) == 5, heads
+    assert len(heads) == 6, heads
     result.stdout.fnmatch_lines(["*test_pipe_never_closed left 2 thing(s) behind*"])
     # The reports are the plugin's message, not a traceback from inside it.
     result.stdout.no_fnmatch_line("*pytest_ipc/leaks.py*")
@@ -199,6 +224,25 @@ def test_fixtures_and_workers(shared_value, pipe_pair, fanin_queue, ipc_workers)
 
 
 @pytest.fixture(scope="module")
+def module_segment():
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    yield shm
+    shm.close()
+    shm.unlink()
+
+
+def test_workers_make_and_unlink_segments(ipc_workers):
+    ipc_workers.start(helpers.make_segment, args=(True,), count=2)
+    ipc_workers.join()
+
+
+def test_workers_attach_to_a_module_segment(module_segment, ipc_workers):
+    # Attaching is not creating: the segment is the module fixture's, not this test's.
+    ipc_workers.start(helpers.attach, args=(module_segment.name,), count=2)
+    ipc_workers.join()
+
+
+@pytest.fixture(scope="module")
 def module_pipe():
     import multiprocessing
     a, b = multiprocessing.Pipe()
@@ -234,20 +278,20 @@ def test_correct_code_is_never_reported(pytester: pytest.Pytester, inner, method
     pytester.makepyfile(test_correct=CORRECT)
     # Several rounds: a feeder thread or a collector running late must not make it flaky.
     result = inner(f"--ipc-start-method={method}", "--count=3", plugins=("pytest_repeat",))
-    result.assert_outcomes(passed=27)
+    result.assert_outcomes(passed=33)
 
 
 def test_warn_and_off_modes(pytester: pytest.Pytester, inner) -> None:
     pytester.makepyfile(test_leaks=LEAKS)
     warned = inner("--ipc-leak-check=warn", "-W", "always")
-    warned.assert_outcomes(passed=5, warnings=5)
+    warned.assert_outcomes(passed=6, warnings=6)
     # Attributed to the test that leaked, not to the plugin's code.
     warned.stdout.fnmatch_lines(["*test_leaks.py:*: LeakWarning: test_leaks.py::test_process_still_running left 1*"])
     warned.stdout.no_fnmatch_line("*pytest_ipc/leaks.py*")
     # Off: nothing reported or cleaned up; what leaked stays the user's problem.
     pytester.makeini("[pytest]\nipc_leak_check = off\n")
     off = inner(strict=False)
-    off.assert_outcomes(passed=5)
+    off.assert_outcomes(passed=6)
     off.stdout.no_fnmatch_line("*Leak*")
 
 
