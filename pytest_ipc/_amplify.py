@@ -33,8 +33,9 @@ with a ``target``; a ``Process`` subclass that overrides ``run`` is reached
 under fork only, through the inherited patches).  ``RawValue``/``RawArray``
 and plain ``ctypes`` objects have no Python-level hook of their own, and
 ``SharedMemory`` has one only where ``.buf`` is fetched: the code points
-above are what reach their reads and writes (from 3.12 at any level, before
-it from ``SETTRACE_MIN_P`` up).
+above are what reach their reads and writes (from 3.12 at any level; before
+it on demand, from the first such object a worker touches, and in every
+worker from ``SETTRACE_MIN_P`` up).
 
 No pytest here: this runs in worker processes.
 """
