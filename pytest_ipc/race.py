@@ -90,7 +90,28 @@ def histogram_label(record: RunRecord) -> str:
     """How a run shows in the histogram: its outcome's repr, shortened, or ``failed (ExceptionType)``."""
     if record.failed:
         return f"failed ({record.failure})"
-    return settings_mod.safe_repr(record.outcome)
+    try:
+        return settings_mod.shorten(_canonical_repr(record.outcome), 80)
+    except Exception:  # a raising __repr__, an int too long to print: safe_repr says so
+        return settings_mod.safe_repr(record.outcome)
+
+
+def _canonical_repr(value: Any) -> str:
+    """``repr(value)``, but with a frozenset's elements in sorted order, inside tuples too.
+
+    A frozenset prints in hash order, and string hashes are salted per
+    process: the shards of one test run in different pytest-xdist workers,
+    and the controller merges their histograms by label, so one outcome must
+    print alike in every process.  (Other hashable containers print in a
+    fixed order; dicts and sets are never outcomes, being unhashable.)
+    """
+    kind = type(value)
+    if kind is frozenset and value:
+        return "frozenset({" + ", ".join(sorted(map(_canonical_repr, value))) + "})"
+    if kind is tuple:
+        inner = ", ".join(map(_canonical_repr, value))
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
 
 
 def _tie_order(record: RunRecord, label: str) -> tuple[int, Any]:

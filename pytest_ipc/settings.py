@@ -55,7 +55,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
     """``text`` on one line of about ``limit`` characters: its middle cut out, control characters escaped.
 
     The end is kept as well as the start, so that two long values that differ
@@ -70,7 +70,7 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def safe_repr(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` for a message or a report: shortened by :func:`_shorten`, and never an exception.
+    """``repr(value)`` for a message or a report: shortened by :func:`shorten`, and never an exception.
 
     A user's value can have a ``__repr__`` that raises or returns pages of
     text; an int too long for ``repr`` (Python 3.11's digit limit) is shown in hex.
@@ -82,7 +82,7 @@ def safe_repr(value: Any, limit: int = 80) -> str:
             text = hex(value)
         else:
             text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
-    return _shorten(text, limit)
+    return shorten(text, limit)
 
 
 # Longer waits overflow the C timeouts under multiprocessing's waits (poll()
@@ -173,7 +173,7 @@ def _from(config: pytest.Config, option: str, ini: str) -> tuple[Any, str] | Non
     """The raw value of a setting and where it came from: the option, else the ini key."""
     value = config.getoption(option.lstrip("-").replace("-", "_"))
     if value is not None:
-        return value, f"{option}={_shorten(str(value), 80)}"
+        return value, f"{option}={shorten(str(value), 80)}"
     raw = config.getini(ini)
     if raw not in (None, ""):
         source = config.inipath.name if config.inipath else "ini file"

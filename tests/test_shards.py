@@ -208,6 +208,30 @@ def test_xdist_spreads_shards_and_the_controller_merges(pytester: pytest.Pyteste
     assert {(t["runs"], t["shards"]) for k, t in report.items() if k} == {(8, 4)}
 
 
+SETS = """
+import pytest
+
+@pytest.mark.ipc_race(runs=8)
+def test_set(ipc_outcome):
+    ipc_outcome.record((frozenset("abcdefghijklmnop"), frozenset({frozenset({"x", "y", "z"})})))
+"""
+
+
+def test_one_outcome_prints_alike_in_every_shard(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A constant frozenset is one outcome across xdist workers, whose string hashes (and so set orders) differ."""
+    # Each worker salts its string hashes at random: with sixteen one-letter
+    # strings, two workers printing the set in one order by chance is very
+    # unlikely, so without sorted labels this test fails.
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    pytester.makepyfile(test_sets=SETS)
+    result = run(pytester, "-n", "2", "--ipc-shards=4", "--ipc-report=report.json")
+    result.assert_outcomes(passed=4)
+    assert report_line(result, "test_sets.py::test_set") == (8, "passed", 4)
+    (label, runs), = load_report(pytester, "report.json")["test_sets.py::test_set"]["histogram"]
+    assert runs == 8
+    assert label.startswith("(frozenset({'a', 'b', 'c', 'd', ")
+
+
 def test_shard_ids_at_collection(pytester: pytest.Pytester) -> None:
     """Only ipc_race tests are sharded, after their other parameters, and never into more shards than runs."""
     pytester.makepyfile(
