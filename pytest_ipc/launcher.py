@@ -217,7 +217,10 @@ def _target_for(target: Callable[..., Any], method: str) -> Any:
         return target  # inherited, never pickled
     module = getattr(target, "__module__", None)
     qualname = getattr(target, "__qualname__", "")
-    if module and module != "__main__" and "<" not in qualname and getattr(target, "__self__", None) is None:
+    # A functools.partial or a callable instance has no name of its own to be
+    # found by (a partial's __module__ is "functools"): it is pickled.
+    named = isinstance(qualname, str) and qualname and "<" not in qualname
+    if module and module != "__main__" and named and getattr(target, "__self__", None) is None:
         return _child.TargetRef(module, qualname)
     return target
 

@@ -467,6 +467,34 @@ def test_unpicklable_target_or_argument_is_a_clear_start_error(
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_partial_and_callable_instance_targets_reach_every_start_method(
+    pytester: pytest.Pytester, run_inner: Callable[..., Run], method: str
+) -> None:
+    """Targets with no name of their own are pickled whole, not looked up by a name they lack."""
+    pytester.makepyfile(
+        test_targets="""
+        import functools
+        import helpers
+
+        class Giver:
+            def __call__(self, value):
+                return helpers.give(value)
+
+        def test_partial(ipc_workers):
+            ipc_workers.start(functools.partial(helpers.give, 5), count=2)
+            assert ipc_workers.join() == [5, 5]
+
+        def test_callable_instance(ipc_workers):
+            ipc_workers.start(Giver(), args=(6,))
+            assert ipc_workers.join() == [6]
+        """
+    )
+    run = run_inner(method=method)
+    run.result.assert_outcomes(passed=2)
+    assert len(run.pids) == 3
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_worker_left_at_teardown_is_an_error_naming_it(
     pytester: pytest.Pytester, run_inner: Callable[..., Run], method: str
 ) -> None:
