@@ -134,6 +134,12 @@ def inc_dict_locked(d, lock, n):
             d["n"] += 1
 
 
+class ArrayLike:
+    """Exposes the NumPy array interface, as a NumPy array on shared memory does."""
+
+    __array_interface__ = {"shape": (1,), "typestr": "|u1", "version": 3}
+
+
 def code_points_on(*given):
     """Are code points on as the worker starts, given these arguments?"""
     return _amplify._code_points is not None
@@ -560,6 +566,7 @@ def test_points_reach_objects_the_worker_creates(pytester: pytest.Pytester, meth
 
 
 RAW_PROBE_TEST = """
+import functools
 from multiprocessing import shared_memory, sharedctypes
 
 @pytest.mark.ipc_race(runs=1)
@@ -571,6 +578,7 @@ def test_probe(ipc_workers, ipc_context):
             "unlocked": (ipc_context.Value("i", 0, lock=False),),
             "raw_in_list": ([sharedctypes.RawArray("i", 3)],),
             "segment": (shm,),
+            "array_like": (helpers.ArrayLike(),),
             "synchronized": (ipc_context.Value("i", 0), ipc_context.Array("i", 3)),
             "nothing": (1, "x"),
         }
@@ -578,6 +586,9 @@ def test_probe(ipc_workers, ipc_context):
         for kind, args in given.items():
             ipc_workers.start(helpers.code_points_on, args=args)
             out[kind] = ipc_workers.join()[-1]  # join() gives every worker of the run so far
+        # Held by a partial rather than passed.
+        ipc_workers.start(functools.partial(helpers.code_points_on, sharedctypes.RawArray("i", 3)))
+        out["partial"] = ipc_workers.join()[-1]
     finally:
         shm.close()
         shm.unlink()
@@ -595,7 +606,7 @@ def test_code_points_start_with_a_worker_given_unguarded_shared_memory(pytester:
     result.assert_outcomes(passed=1)
     out = _read(pytester)
     assert out == {  # before 3.12 on demand; from 3.12 always
-        "raw": True, "unlocked": True, "raw_in_list": True, "segment": True,
+        "raw": True, "unlocked": True, "raw_in_list": True, "segment": True, "array_like": True, "partial": True,
         "synchronized": MONITORING, "nothing": MONITORING,
     }
 
