@@ -50,7 +50,7 @@ import random
 import sys
 import sysconfig
 import time
-from types import CodeType, FrameType
+from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable, Iterable, Iterator
 
 # The longest sleep at a preemption point.  Long enough for another worker
@@ -131,15 +131,15 @@ def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
     global _amp, _code_points_due
     hand_on(seed, p)
     _amp = Amplifier(seed, index, p) if p > 0 else None
-    _code_points_due = None
+    stop_code_points()  # a forked child's copy of its parent's are not its own
     if p <= 0:
         return
     if sys.version_info >= (3, 12) or p >= SETTRACE_MIN_P:
         _trace_own_code(seed, index, p)
     else:
         _code_points_due = (seed, index, p)
-        if any(_unguarded(x) for x in _reachable(uses)):
-            _code_points_on_demand()
+        if any(map(_unguarded, _reachable(uses))):
+            _code_points_on_demand(running=False)  # the target has not started: no frame of it yet
 
 
 # -- code points: the worker's own stores ------------------------------------
@@ -161,6 +161,7 @@ def _skipped_prefixes() -> tuple[str, ...]:
 # process, whose fork workers inherit it, and in the fork server, which
 # preloads this module.
 _SKIPPED = _skipped_prefixes()
+_MONITORING = sys.version_info >= (3, 12)
 
 
 def _store_offsets(code: CodeType) -> frozenset[int]:
@@ -176,9 +177,37 @@ def _store_offsets(code: CodeType) -> frozenset[int]:
     return frozenset(i for i in range(0, len(co), 2) if co[i] in _STORES)
 
 
+_EXTENDED_ARG = dis.opmap["EXTENDED_ARG"]
+
+
+def _traced_offsets(code: CodeType) -> frozenset[int]:
+    """Where sys.settrace's opcode events for the stores in ``code`` fall.
+
+    Before 3.12 a store whose argument needs an ``EXTENDED_ARG`` prefix (an
+    attribute name past the 256th of its function, say) is reported at the
+    prefix's offset.
+    """
+    co = code.co_code
+    found = set()
+    for offset in _store_offsets(code):
+        found.add(offset)
+        while offset >= 2 and co[offset - 2] == _EXTENDED_ARG:
+            offset -= 2
+            found.add(offset)
+    return frozenset(found)
+
+
 def _lines_of(code: CodeType, offsets: frozenset[int]) -> frozenset[int]:
-    """The line numbers the instructions at ``offsets`` belong to."""
-    return frozenset(line for start, end, line in code.co_lines() if any(start <= o < end for o in offsets))
+    """The line numbers the instructions at ``offsets`` belong to (one pass over both)."""
+    wanted = sorted(offsets)
+    lines: set[int | None] = set()
+    i = 0
+    for start, end, line in sorted(code.co_lines()):
+        while i < len(wanted) and wanted[i] < start:
+            i += 1
+        if i < len(wanted) and wanted[i] < end:
+            lines.add(line)
+    return frozenset(lines)
 
 
 class CodePoints:
@@ -213,7 +242,7 @@ class CodePoints:
         known = self.stores.get(code)
         if known is None:
             mine = not code.co_filename.startswith(_SKIPPED)
-            known = _store_offsets(code) if mine else frozenset()
+            known = (_store_offsets if _MONITORING else _traced_offsets)(code) if mine else frozenset()
             self.stores[code] = known
         return known
 
@@ -305,12 +334,12 @@ _code_points: CodePoints | None = None
 def _free_tool() -> int | None:
     """A ``sys.monitoring`` tool id that is ours already or free, or None.
 
-    Only 3 and 4: the others are the ones debuggers (0), coverage.py (1),
+    Only 4 and 3: the others are the ones debuggers (0), coverage.py (1),
     profilers (2) and optimizers (5) ask for, and taking one would make such
-    a tool fail to start in the worker.
+    a tool fail to start in the worker.  4 first: Hypothesis traces with 3.
     """
     mon = sys.monitoring  # type: ignore[attr-defined]
-    for tool in (3, 4):
+    for tool in (4, 3):
         owner = mon.get_tool(tool)
         if owner == _TOOL_NAME:
             return tool
@@ -342,13 +371,13 @@ def _trace_own_code(seed: int, index: int, p: float) -> None:
 _code_points_due: tuple[int, int, float] | None = None
 
 
-def _code_points_on_demand() -> None:
-    """Switch due code points on, for the frames running now as well as new ones.
+def _code_points_on_demand(running: bool = True) -> None:
+    """Switch due code points on, for new frames and (``running``) the ones running now.
 
-    Called when the worker touches unguarded shared memory.  The frames on
-    the stack get the trace function the way a debugger's ``set_trace``
-    gives it to them, so the store of the statement that fetched a
-    ``SharedMemory.buf`` is already a point.
+    Called when the worker touches unguarded shared memory.  The worker's
+    frames on the stack get the trace function the way a debugger's
+    ``set_trace`` gives it to them, so the store of the statement that
+    fetched a ``SharedMemory.buf`` is already a point.
     """
     global _code_points_due
     due, _code_points_due = _code_points_due, None
@@ -356,48 +385,62 @@ def _code_points_on_demand() -> None:
         return
     _trace_own_code(*due)
     points = _code_points
-    if points is None or sys.gettrace() is not points:
-        return  # another tracer came first
-    # The worker's own frames: from the hook up to where pytest-ipc (or the
-    # standard library) called the worker's target.  Under fork the frames
-    # above that are the parent's, and never run again here.
+    if points is None or sys.gettrace() is not points or not running:
+        return  # another tracer came first, or nothing of the worker's runs yet
+    # The worker's own frames: from the caller of this module's hook up to
+    # where pytest-ipc or the standard library called them.  Under fork the
+    # frames above that are the parent's, and never run again here.
     frame: FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
-        frame = frame.f_back  # the hook itself
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
     while frame is not None and not frame.f_code.co_filename.startswith(_SKIPPED):
         if points.stores_in(frame.f_code):
             points.watch(frame)
         frame = frame.f_back
 
 
+# How many items of one list, tuple or dict argument are looked at.
+_REACH_LIMIT = 64
+
+
 def _unguarded(obj: Any) -> bool:
-    """Is ``obj`` shared memory that no lock guards?"""
-    if isinstance(obj, (memoryview, _CTYPES)):
+    """Is ``obj`` shared memory that no lock guards?
+
+    Judged by its type alone: a user's argument may be a lazy proxy or have
+    a ``__getattr__`` that raises, and looking at it must neither evaluate
+    it nor fail the worker.
+    """
+    kind = type(obj)
+    if issubclass(kind, (memoryview, _CTYPES)):
+        return True
+    shm = sys.modules.get("multiprocessing.shared_memory")
+    if shm is not None and issubclass(kind, shm.SharedMemory):
         return True
     try:
-        from multiprocessing.shared_memory import SharedMemory
-    except ImportError:  # pragma: no cover - always there on 3.8+
+        return hasattr(kind, "__array_interface__")  # NumPy arrays (on a SharedMemory buffer, say)
+    except Exception:  # a metaclass __getattr__ that raises
         return False
-    return isinstance(obj, SharedMemory) or hasattr(obj, "__array_interface__")
 
 
 def _reachable(uses: Iterable[Any]) -> Iterator[Any]:
     """What a worker's arguments hold one level down, and what its callables close over."""
     for obj in uses:
         yield obj
-        if isinstance(obj, (tuple, list)):
-            yield from obj
-        elif isinstance(obj, dict):
-            yield from obj.values()
-        elif isinstance(obj, functools.partial):
+        kind = type(obj)
+        if kind is tuple or kind is list:
+            yield from obj[:_REACH_LIMIT]
+        elif kind is dict:
+            yield from list(obj.values())[:_REACH_LIMIT]
+        elif kind is functools.partial:
             yield obj.func
-            yield from obj.args
-            yield from obj.keywords.values()
-        for cell in getattr(obj, "__closure__", None) or ():
-            try:
-                yield cell.cell_contents
-            except ValueError:  # an empty cell
-                pass
+            yield from obj.args[:_REACH_LIMIT]
+            yield from list(obj.keywords.values())[:_REACH_LIMIT]
+        elif kind is FunctionType:
+            for cell in obj.__closure__ or ():
+                try:
+                    yield cell.cell_contents
+                except ValueError:  # an empty cell
+                    pass
 
 
 def stop_code_points() -> None:
