@@ -28,21 +28,34 @@ _owner = 0  # the test process: what it creates is seen by its registrations
 _original_init: Callable[..., None] | None = None
 
 
-def start(path: str) -> None:
-    """In the test process, as a test starts: note children's segments in ``path``."""
+def start(path: str) -> tuple[str | None, int, bool]:
+    """In the test process, as a test starts: note children's segments in ``path``.
+
+    Returns what :func:`stop` needs to restore: a test may run a whole pytest
+    session in-process (pytester), whose tests start and stop their own.
+    """
     global _path, _owner
+    outer = (_path, _owner, _original_init is not None)
     _discard(path)
     _path, _owner = path, os.getpid()
     _patch()
+    # A fork child uses its parent's resource tracker only if one is running
+    # when it is forked; else it starts its own, which unlinks the child's
+    # leaked segments as soon as the child exits (with a warning), so that
+    # whether the check saw one would depend on timing.  (Spawn and forkserver
+    # children get the parent's tracker started for them.)
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    return outer
 
 
-def stop() -> set[str]:
-    """In the test process, as the test ends: the names children noted, and forget them."""
-    global _path
-    path, _path = _path, None
-    _unpatch()
-    if path is None:
-        return set()
+def stop(path: str, outer: tuple[str | None, int, bool]) -> set[str]:
+    """In the test process, as the test ends: the names children noted in ``path``."""
+    global _path, _owner
+    _path, _owner, patched = outer
+    if not patched:
+        _unpatch()
     try:
         with open(path, encoding="utf-8") as f:
             return {line.strip() for line in f if line.strip()}

@@ -257,6 +257,15 @@ class _Registrations:
         self._installed = False
 
 
+def _child_segment_log(request: pytest.FixtureRequest) -> str | None:
+    """Where this process's children note their segments: under pytest's basetemp (None: no tmpdir plugin)."""
+    try:
+        factory = request.getfixturevalue("tmp_path_factory")
+    except pytest.FixtureLookupError:  # -p no:tmpdir: the test process's own segments are still checked
+        return None
+    return os.path.join(factory.getbasetemp(), f"ipc-shm-created-{os.getpid()}.log")
+
+
 @pytest.fixture(autouse=True)
 def _ipc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail (or warn about) a pytest-ipc test that leaves processes, segments or pipes behind."""
@@ -269,14 +278,14 @@ def _ipc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     registrations = _Registrations()
     registrations.install()
-    basetemp = request.getfixturevalue("tmp_path_factory").getbasetemp()
-    _shmlog.start(os.path.join(basetemp, f"ipc-shm-created-{os.getpid()}.log"))
+    log = _child_segment_log(request)
+    outer = _shmlog.start(log) if log is not None else None
     before = Snapshot()
     try:
         yield
     finally:
         registrations.uninstall()
-        by_children = _shmlog.stop()
+        by_children = _shmlog.stop(log, outer) if log is not None and outer is not None else set()
     passed = state.call_passed(item)
     leaks = find(before, check_fds=passed, created_shm=registrations.names | by_children)
     if not leaks:

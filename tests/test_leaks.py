@@ -50,6 +50,16 @@ def make_segment(unlink):
         shm.unlink()
 
 
+def tracker_of_new_segment():
+    """The pid of the resource tracker this process's segments are registered with."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    shm.close()
+    shm.unlink()
+    return resource_tracker._resource_tracker._pid
+
+
 def attach(name):
     from multiprocessing import shared_memory
 
@@ -351,3 +361,68 @@ def test_bad_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-p", "pytest_ipc", "--ipc-leak-check=loud")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--ipc-leak-check=loud: expected one of off, warn, fail; got 'loud'*"])
+
+
+def test_without_the_tmpdir_plugin_the_check_still_works(pytester: pytest.Pytester, inner) -> None:
+    """-p no:tmpdir leaves no basetemp for workers to note their segments in: the test process's own are still seen."""
+    pytester.makepyfile(
+        """
+        from multiprocessing import shared_memory
+        import helpers
+
+        def test_clean(ipc_context):
+            p = ipc_context.Process(target=helpers.quick)
+            p.start()
+            p.join()
+
+        def test_leaks_a_segment(ipc_context):
+            shm = shared_memory.SharedMemory(create=True, size=64)
+            helpers.note("shm", shm.name)
+            shm.close()
+        """
+    )
+    result = inner("-p", "no:tmpdir")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test_leaks_a_segment left 1 thing(s) behind*", "*SharedMemory never unlinked*"])
+
+
+def test_a_pytester_session_inside_a_test_does_not_hide_its_workers_leaks(pytester: pytest.Pytester, inner) -> None:
+    """The leak check of an in-process pytest session run by a test ends; the outer test's own goes on."""
+    pytester.makepyfile(
+        """
+        import helpers
+
+        pytest_plugins = ["pytester"]
+
+        def test_outer(ipc_workers, pytester):
+            ipc_workers.start(helpers.make_segment, args=(False,))
+            ipc_workers.join()
+            pytester.makepyfile("def test_inner(ipc_context):\\n    pass\\n")
+            pytester.runpytest_inprocess("-p", "pytest_ipc", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+        """
+    )
+    result = inner("--ipc-start-method=fork")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*test_outer left 1 thing(s) behind*", "*SharedMemory never unlinked*"])
+
+
+def test_fork_workers_share_the_test_processs_resource_tracker(pytester: pytest.Pytester, inner) -> None:
+    """So a segment a fork worker leaks outlives the worker until the check sees it, in a session's first test too.
+
+    A fork child with no tracker running in its parent starts its own, which
+    unlinks the child's leaked segments when the child exits: whether the
+    check saw them would then depend on timing.
+    """
+    pytester.makepyfile(
+        """
+        from multiprocessing import resource_tracker
+        import helpers
+
+        def test_first(ipc_workers):
+            ipc_workers.start(helpers.tracker_of_new_segment)
+            (child_tracker,) = ipc_workers.join()
+            assert child_tracker is not None
+            assert child_tracker == resource_tracker._resource_tracker._pid
+        """
+    )
+    inner("--ipc-start-method=fork").assert_outcomes(passed=1)
