@@ -9,6 +9,7 @@ so one test id gives one result line and ``-x``, ``--lf`` and xfail work.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import multiprocessing
@@ -111,7 +112,22 @@ def _canonical_repr(value: Any) -> str:
     if kind is tuple:
         inner = ", ".join(map(_canonical_repr, value))
         return f"({inner},)" if len(value) == 1 else f"({inner})"
+    fields = _fields_of(value)
+    if fields is not None and any(isinstance(v, (frozenset, tuple)) for _, v in fields[1]):
+        # A named tuple's or a dataclass's own repr, with its fields' canonical.
+        return f"{fields[0]}(" + ", ".join(f"{name}={_canonical_repr(v)}" for name, v in fields[1]) + ")"
     return repr(value)
+
+
+def _fields_of(value: Any) -> tuple[str, list[tuple[str, Any]]] | None:
+    """The class name and the shown fields of a named tuple or a dataclass instance, else None."""
+    kind = type(value)
+    names = getattr(kind, "_fields", None)
+    if isinstance(value, tuple) and isinstance(names, tuple) and len(names) == len(value):
+        return kind.__name__, list(zip(names, value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return kind.__qualname__, [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr]
+    return None
 
 
 def _tie_order(record: RunRecord, label: str) -> tuple[int, Any]:

@@ -209,11 +209,28 @@ def test_xdist_spreads_shards_and_the_controller_merges(pytester: pytest.Pyteste
 
 
 SETS = """
+import collections
+import dataclasses
+
 import pytest
+
+Pair = collections.namedtuple("Pair", "left right")
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    items: frozenset
+    hidden: frozenset = dataclasses.field(default=frozenset("QRSTUVWXYZ"), repr=False)
+
 
 @pytest.mark.ipc_race(runs=8)
 def test_set(ipc_outcome):
-    ipc_outcome.record((frozenset("abcdefghijklmnop"), frozenset({frozenset({"x", "y", "z"})})))
+    ipc_outcome.record((
+        frozenset("abcdefghijklmnop"),
+        frozenset({frozenset({"x", "y", "z"})}),
+        Pair(frozenset("ABCDEFGHIJ"), 1),
+        Box(frozenset("klmnopqrst")),
+    ))
 """
 
 
@@ -230,6 +247,7 @@ def test_one_outcome_prints_alike_in_every_shard(pytester: pytest.Pytester, monk
     (label, runs), = load_report(pytester, "report.json")["test_sets.py::test_set"]["histogram"]
     assert runs == 8
     assert label.startswith("(frozenset({'a', 'b', 'c', 'd', ")
+    assert label.endswith("'t'})))")  # Box(items=frozenset({'k', ..., 't'})), the hidden field not shown
 
 
 def test_shard_ids_at_collection(pytester: pytest.Pytester) -> None:
