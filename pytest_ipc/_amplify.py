@@ -72,6 +72,8 @@ CODE_BUDGET = 20_000
 # that touches shared memory no lock guards (a SharedMemory buffer, a raw
 # ctypes object), the one place where only they can amplify.
 SETTRACE_MIN_P = 0.25
+# Code points by sys.monitoring (3.12+), else by sys.settrace.
+_MONITORING = sys.version_info >= (3, 12)
 
 # Raw shared ctypes objects (RawValue, RawArray, Value(lock=False)) are plain
 # ctypes instances in an mmap'd arena.
@@ -134,7 +136,7 @@ def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
     stop_code_points()  # a forked child's copy of its parent's are not its own
     if p <= 0:
         return
-    if sys.version_info >= (3, 12) or p >= SETTRACE_MIN_P:
+    if _MONITORING or p >= SETTRACE_MIN_P:
         _trace_own_code(seed, index, p)
     else:
         _code_points_due = (seed, index, p)
@@ -161,7 +163,6 @@ def _skipped_prefixes() -> tuple[str, ...]:
 # process, whose fork workers inherit it, and in the fork server, which
 # preloads this module.
 _SKIPPED = _skipped_prefixes()
-_MONITORING = sys.version_info >= (3, 12)
 
 
 def _store_offsets(code: CodeType) -> frozenset[int]:
@@ -354,7 +355,7 @@ def _trace_own_code(seed: int, index: int, p: float) -> None:
     global _code_points
     stop_code_points()
     points = CodePoints(seed, index, p)
-    if sys.version_info >= (3, 12):
+    if _MONITORING:
         tool = _free_tool()
         if tool is None:
             return
