@@ -7,7 +7,9 @@ access and ``Process.start`` passes a preemption point.  At each point the
 worker, with probability ``p``, gives up the CPU (``os.sched_yield``) or
 sleeps a few hundred microseconds.  A yield between the read and the write of
 ``v.value += 1`` is exactly the interleaving that loses an update, so a race
-that plain repetition shows once in many runs shows in the first.
+that plain repetition shows once in many runs shows in the first.  Points
+inside a critical section that the worker's lock already guards stay quiet
+(see install()): there a sleep only makes the other workers queue.
 
 Shared state that Python cannot intercept (a ``SharedMemory`` buffer, a
 NumPy array on one, ``RawValue``/``RawArray``) is reached through the
@@ -104,8 +106,11 @@ class Amplifier:
     def act(self) -> None:
         """Do what the next choice says."""
         choice = self.choose()
-        if choice is None:
-            return
+        if choice is not None:
+            self.wait(choice)
+
+    def wait(self, choice: float) -> None:
+        """Yield the CPU (``choice`` 0.0) or sleep ``choice`` seconds."""
         if choice == 0.0:
             os.sched_yield()
         else:
@@ -115,11 +120,50 @@ class Amplifier:
 _amp: Amplifier | None = None
 
 
-def point() -> None:
-    """A preemption point: maybe yield or sleep, by the worker's stream."""
+def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None:
+    """A preemption point: maybe yield or sleep, by the worker's stream.
+
+    ``guarded(obj)``, asked only when the stream says to act, tells a point
+    that would only hold up other workers: this one holds the lock they would
+    need to get anywhere that matters.  The choice is drawn all the same, so a
+    seed gives the same sequence either way.
+    """
     amp = _amp
-    if amp is not None:
-        amp.act()
+    if amp is None:
+        return
+    choice = amp.choose()
+    if choice is None or (guarded is not None and guarded(obj)):
+        return
+    amp.wait(choice)
+
+
+def _holds(lock: Any) -> bool:
+    """Whether this thread holds ``lock``, a multiprocessing ``Lock`` or ``RLock``.
+
+    A ``Semaphore`` that lets more than one holder in is no lock here.
+    """
+    semlock = getattr(lock, "_semlock", None)
+    return semlock is not None and semlock.maxvalue == 1 and bool(semlock._is_mine())
+
+
+# The locks this process has entered (``with lock:``) and not left, that
+# other processes share: every lock but those a worker created itself.
+_shared_held: list[Any] = []
+
+
+def _under_shared_lock() -> bool:
+    """Whether this thread is inside a ``with`` block of a lock shared with other processes."""
+    return bool(_shared_held) and any(map(_holds, _shared_held))
+
+
+def _holds_own_lock(synchronized: Any) -> bool:
+    """Whether this thread holds the lock of a synchronized ``Value``/``Array``.
+
+    Then its read or write cannot race with another worker's reads and
+    writes through the same wrapper (each takes that lock too); a worker
+    that does the read and the write without it gets its own points.
+    """
+    return _holds(getattr(synchronized, "_lock", None))
 
 
 def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
@@ -247,6 +291,18 @@ class CodePoints:
             self.stores[code] = known
         return known
 
+    def act(self) -> None:
+        """A code point: maybe yield or sleep, unless under a lock shared with other workers.
+
+        There the store is either guarded by that lock or guarded by the
+        wrong one of several shared locks; being quiet misses only the
+        second, for the first runs (the barrier alone still shows it in some
+        of them), and keeps lock-guarded code at the speed it would have.
+        """
+        choice = self.amp.choose()
+        if choice is not None and not _under_shared_lock():
+            self.amp.wait(choice)
+
     # -- sys.settrace (3.10, 3.11) ---------------------------------------------
     #
     # Each trace event is a Python call, so a watched frame gets line events,
@@ -277,7 +333,7 @@ class CodePoints:
         if event == "opcode":
             self.left -= 1
             if frame.f_lasti in self.stores[frame.f_code]:
-                self.amp.act()
+                self.act()
         elif event == "line":
             self.left -= 1
             frame.f_trace_opcodes = frame.f_lineno in self.store_lines[frame.f_code]
@@ -314,7 +370,7 @@ class CodePoints:
         if self.left <= 0:
             self.stop()
             return None
-        self.amp.act()
+        self.act()
         return None
 
     def stop(self) -> None:
@@ -493,21 +549,28 @@ class Amplified:
         return self.target(*args, **kwargs)
 
 
-def _wrap_after(func: Callable[..., Any], on_result: Callable[[Any], None] | None = None) -> Callable[..., Any]:
+# ``guarded``, where given, is asked about the method's ``self``: see point().
+
+
+def _wrap_after(
+    func: Callable[..., Any],
+    on_result: Callable[[Any], None] | None = None,
+    guarded: Callable[[Any], bool] | None = None,
+) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         result = func(*args, **kwargs)
         if on_result is not None:
             on_result(result)
-        point()
+        point(guarded, args[0])
         return result
 
     wrapper.__wrapped__ = func  # type: ignore[attr-defined]
     return wrapper
 
 
-def _wrap_before(func: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_before(func: Callable[..., Any], guarded: Callable[[Any], bool] | None = None) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        point()
+        point(guarded, args[0])
         return func(*args, **kwargs)
 
     wrapper.__wrapped__ = func  # type: ignore[attr-defined]
@@ -532,15 +595,59 @@ def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[.
     setattr(cls, name, wrap(original))
 
 
-def _patch_property(cls: type, name: str, on_get: Callable[[Any], None] | None = None) -> None:
+def _lock_init(init: Callable[..., Any]) -> Callable[..., Any]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if _amp is not None:
+            # Made by a worker: the spawn-time bug of a module-level Lock, or
+            # a Lock() in the target itself, is a lock no other worker takes.
+            self._ipc_private = True
+
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]
+    return __init__
+
+
+def _lock_enter(enter: Callable[..., Any]) -> Callable[..., Any]:
+    def __enter__(self: Any) -> Any:
+        point(_holds, self)  # quiet if it is taken again: then it is no boundary
+        result = enter(self)
+        if _amp is not None and not getattr(self, "_ipc_private", False):
+            _shared_held.append(self)
+        return result
+
+    __enter__.__wrapped__ = enter  # type: ignore[attr-defined]
+    return __enter__
+
+
+def _lock_exit(exit_: Callable[..., Any]) -> Callable[..., Any]:
+    def __exit__(self: Any, *args: Any) -> Any:
+        try:
+            _shared_held.remove(self)
+        except ValueError:  # a private lock, or entered before amplification began
+            pass
+        result = exit_(self, *args)
+        point(_holds, self)
+        return result
+
+    __exit__.__wrapped__ = exit_  # type: ignore[attr-defined]
+    return __exit__
+
+
+def _patch_property(
+    cls: type,
+    name: str,
+    on_get: Callable[[Any], None] | None = None,
+    guarded: Callable[[Any], bool] | None = None,
+) -> None:
     prop = cls.__dict__.get(name)
     if not isinstance(prop, property) or getattr(prop.fget, "__wrapped__", None):
         return
     fget, fset = prop.fget, prop.fset
     # A point after the read and one before the write: both fall inside
     # the window of ``v.value += 1``, which is where updates get lost.
-    getter = _wrap_after(fget, on_get)
-    setattr(cls, name, property(getter, _wrap_before(fset) if fset else None, prop.fdel, prop.__doc__))
+    getter = _wrap_after(fget, on_get, guarded)
+    setter = _wrap_before(fset, guarded) if fset else None
+    setattr(cls, name, property(getter, setter, prop.fdel, prop.__doc__))
 
 
 def _start(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -570,13 +677,25 @@ def install() -> None:
     _installed = True
     from multiprocessing import connection, managers, process, queues, sharedctypes, synchronize
 
-    _patch_property(sharedctypes.Synchronized, "value")
+    # Inside a critical section of a lock that other workers share, a sleep
+    # only makes them queue for it: on the locked counter such points were
+    # most of amplification's cost.  So some points stay quiet there, where
+    # being quiet hides no race:
+    # - a synchronized Value/Array's, while its own lock is held: a worker
+    #   that reads and writes it without that lock has points of its own;
+    # - a lock's, while it is already held (an RLock entered again, as a
+    #   synchronized Array's accessors do under ``with a.get_lock()``);
+    # - code points, under a lock shared with other processes (see
+    #   CodePoints.act); a lock the worker made itself, which no other worker
+    #   takes (the wrong lock), leaves them on.
+    _patch_property(sharedctypes.Synchronized, "value", guarded=_holds_own_lock)
     for name in ("__getitem__", "__getslice__"):
-        _patch(sharedctypes.SynchronizedArray, name, _wrap_after)
+        _patch(sharedctypes.SynchronizedArray, name, functools.partial(_wrap_after, guarded=_holds_own_lock))
     for name in ("__setitem__", "__setslice__"):
-        _patch(sharedctypes.SynchronizedArray, name, _wrap_before)
-    _patch(synchronize.SemLock, "__enter__", _wrap_before)
-    _patch(synchronize.SemLock, "__exit__", _wrap_after)
+        _patch(sharedctypes.SynchronizedArray, name, functools.partial(_wrap_before, guarded=_holds_own_lock))
+    _patch(synchronize.SemLock, "__init__", _lock_init)
+    _patch(synchronize.SemLock, "__enter__", _lock_enter)
+    _patch(synchronize.SemLock, "__exit__", _lock_exit)
     _patch(queues.Queue, "put", _wrap_before)
     _patch(queues.Queue, "get", _wrap_after)
     _patch(connection._ConnectionBase, "send", _wrap_before)

@@ -6,6 +6,7 @@ import contextlib
 import dis
 import inspect
 import json
+import multiprocessing
 import re
 import shlex
 import sys
@@ -143,6 +144,16 @@ class ArrayLike:
 def code_points_on(*given):
     """Are code points on as the worker starts, given these arguments?"""
     return _amplify._code_points is not None
+
+
+def lock_kinds(method, shared):
+    """Inside ``with`` of a lock given to the worker, and of one it made: under a shared lock?"""
+    own = multiprocessing.get_context(method).Lock()
+    with shared:
+        under_given = _amplify._under_shared_lock()
+    with own:
+        under_own = _amplify._under_shared_lock()
+    return [under_given, under_own]
 
 
 def inc_byte(name, n):
@@ -546,6 +557,146 @@ def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
     assert first != draws(_amplify.CodePoints(5, 3, 0.25).amp)
     assert first != draws(_amplify.Amplifier(5, 2, 0.25))
     assert any(c is not None for c in first)
+
+
+# -- points that stay quiet inside a critical section ----------------------------
+
+
+class _Recording(_amplify.Amplifier):
+    """A stream whose every point acts (p = 1), recording its draws and waits instead of waiting.
+
+    It records by appending, not by storing through an attribute, so that
+    under code points it is no code point itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(0, 0, 1.0)
+        self.drawn: list[float | None] = []
+        self.waited: list[float] = []
+
+    def choose(self) -> float | None:
+        choice = super().choose()
+        self.drawn.append(choice)
+        return choice
+
+    def wait(self, choice: float) -> None:
+        self.waited.append(choice)
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        return len(self.drawn), len(self.waited)
+
+
+@contextlib.contextmanager
+def _amplified() -> Iterator[_Recording]:
+    """The IPC points switched on in this process as in a worker, with a recording stream."""
+    _amplify.install()
+    old = _amplify._amp
+    _amplify._amp = amp = _Recording()
+    try:
+        yield amp
+    finally:
+        _amplify._amp = old
+
+
+def _counts(amp: _Recording, op: Callable[[], object]) -> tuple[int, int]:
+    """(draws, waits) of ``amp`` while ``op()`` runs."""
+    amp.drawn.clear()
+    amp.waited.clear()
+    op()
+    return amp.counts
+
+
+def test_points_under_a_values_own_lock_draw_but_stay_quiet() -> None:
+    """Under ``with v.get_lock()`` the read and write of ``v`` wait nowhere; only taking and leaving the lock do."""
+    ctx = multiprocessing.get_context("fork")  # nothing is started: only the objects are needed
+    v, a = ctx.Value("i", 0), ctx.Array("i", 3)
+
+    def incr() -> None:
+        v.value += 1
+
+    def incr_locked() -> None:
+        with v.get_lock():
+            v.value += 1
+
+    def array_incr() -> None:
+        a[1] += 1
+
+    def array_incr_locked() -> None:
+        with a.get_lock():
+            a[1] += 1
+
+    with _amplified() as amp:
+        # Unguarded: a point after the read and one before the write, both acting.
+        # (A Value's accessors take its lock by acquire() and release(), an
+        # Array's by ``with``: two more points each.)
+        assert _counts(amp, incr) == (2, 2)
+        assert _counts(amp, array_incr) == (6, 6)
+        # Guarded: the same plus the user's ``with``, before taking the lock
+        # and after leaving it; all draw (the stream moves on alike), only
+        # those two act.
+        assert _counts(amp, incr_locked) == (4, 2)
+        assert _counts(amp, array_incr_locked) == (8, 2)
+    assert v.value == 2 and a[1] == 2
+
+
+def test_the_wrong_lock_leaves_the_points_on() -> None:
+    """Holding some other lock keeps every point of ``v`` acting."""
+    ctx = multiprocessing.get_context("fork")
+    v, other = ctx.Value("i", 0), ctx.Value("i", 0)
+
+    def incr_under_other() -> None:
+        with other.get_lock():
+            v.value += 1
+
+    with _amplified() as amp:
+        assert _counts(amp, incr_under_other) == (4, 4)
+
+
+def _store_under(lock: Any, box: _Box) -> None:
+    with lock:
+        box.total = 1  # a store through an attribute: a code point
+
+
+@NEEDS_CODE_POINTS
+def test_code_points_are_quiet_under_a_shared_lock_only() -> None:
+    """A store under a lock other processes share waits nowhere; under one the worker made, or a Semaphore, it does."""
+    ctx = multiprocessing.get_context("fork")
+    shared = ctx.Lock()  # made before amplification: as the locks a worker is given
+    sem = ctx.Semaphore(3)  # shared too, but three may hold it at once: no lock
+    box = _Box()
+    with _amplified(), _code_points() as points:
+        points.amp = code = _Recording()
+        own = ctx.Lock()  # made while amplification is on: as in a worker's own code
+        # (No store in this function or a helper between the counts: each would be a point.)
+        _store_under(shared, box)
+        under_shared = code.counts
+        _store_under(own, box)
+        under_own = code.counts
+        _store_under(sem, box)
+        under_sem = code.counts
+    assert under_shared == (1, 0)
+    assert under_own == (2, 1)
+    assert under_sem == (3, 2)
+    assert _amplify._shared_held == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_tells_the_locks_it_is_given_from_those_it_makes(pytester: pytest.Pytester, method: str) -> None:
+    """Inherited (fork) or unpickled (spawn, forkserver) locks count as shared; a worker's own do not."""
+    _write_json_test(
+        pytester,
+        """
+@pytest.mark.ipc_race(runs=1)
+def test_probe(ipc_workers, ipc_context, ipc_start_method):
+    ipc_workers.start(helpers.lock_kinds, args=(ipc_start_method, ipc_context.Lock()))
+    with open("out.json", "w") as f:
+        json.dump(ipc_workers.join()[0], f)
+""",
+    )
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
+    result.assert_outcomes(passed=1)
+    assert _read(pytester) == [True, False]
 
 
 @pytest.mark.skipif(not MONITORING, reason="sys.monitoring is new in Python 3.12")
