@@ -13,6 +13,7 @@ A run shows the race when ``outcome != expected``.
 
 from __future__ import annotations
 
+import multiprocessing
 from multiprocessing import shared_memory
 from typing import Any, Callable
 
@@ -98,6 +99,27 @@ def inc_shm(name: str, n: int) -> None:
 
 
 def inc_shm_locked(name: str, lock: Any, n: int) -> None:
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        for _ in range(n):
+            with lock:
+                shm.buf[0] += 1
+    finally:
+        shm.close()
+
+
+def inc_value_own_lock(v: Any, n: int) -> None:
+    lock = multiprocessing.Lock()  # the bug: a lock that no other worker takes
+    for _ in range(n):
+        with lock:
+            v.value += 1
+
+
+def inc_shm_striped(name: str, locks: Any, ticket: Any, n: int) -> None:
+    """Workers take turns between two shared locks: each guards only half of them."""
+    with ticket.get_lock():
+        lock = locks[ticket.value % len(locks)]
+        ticket.value += 1
     shm = shared_memory.SharedMemory(name=name)
     try:
         for _ in range(n):
@@ -197,6 +219,27 @@ def shm_byte_locked(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, An
         shm.unlink()
 
 
+def own_lock_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    v = ctx.Value("i", 0)
+    launch.start(inc_value_own_lock, args=(v, INCREMENTS), count=WORKERS)
+    launch.join()
+    return v.value, WORKERS * INCREMENTS
+
+
+def shm_byte_striped(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    try:
+        shm.buf[0] = 0
+        locks = (ctx.Lock(), ctx.Lock())
+        ticket = ctx.Value("i", 0)
+        launch.start(inc_shm_striped, args=(shm.name, locks, ticket, SHM_INCREMENTS), count=WORKERS)
+        launch.join()
+        return shm.buf[0], WORKERS * SHM_INCREMENTS
+    finally:
+        shm.close()
+        shm.unlink()
+
+
 def locked_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
     v = ctx.Value("i", 0)
     launch.start(inc_value_locked, args=(v, INCREMENTS), count=WORKERS)
@@ -246,6 +289,10 @@ RACY: dict[str, Callable[..., tuple[Any, Any]]] = {
     "Manager dict +=": manager_dict,
     "queue consumer stops at empty()": queue_empty,
     "unlocked SharedMemory byte": shm_byte,
+    # The wrong lock: one that each worker makes for itself, and two shared
+    # locks of which each worker takes one.
+    "counter under a lock of its own": own_lock_counter,
+    "SharedMemory byte under one of two locks": shm_byte_striped,
 }
 RACE_FREE: dict[str, Callable[..., tuple[Any, Any]]] = {
     "locked counter": locked_counter,
@@ -266,6 +313,8 @@ EXPECTED: dict[str, Any] = {
     "Manager dict +=": WORKERS * MANAGER_INCREMENTS,
     "queue consumer stops at empty()": QUEUE_ITEMS,
     "unlocked SharedMemory byte": WORKERS * SHM_INCREMENTS,
+    "counter under a lock of its own": WORKERS * INCREMENTS,
+    "SharedMemory byte under one of two locks": WORKERS * SHM_INCREMENTS,
     "locked counter": WORKERS * INCREMENTS,
     "sentinel-counted fan-in": tuple(sorted(list(range(FANIN_ITEMS)) * FANIN_PRODUCERS)),
     "ping-pong pipe": 2 * PING_PONG_ROUNDS,
