@@ -22,8 +22,9 @@ and its write.  See :class:`CodePoints` for how they are found (by
 cost.
 
 The choices come from a ``random.Random`` seeded with the run's seed and the
-worker's index: the same ``--ipc-seed`` gives every worker the same sequence
-of choices (the operating system's scheduling still varies).  A point only
+worker's index (and, in the worker's other threads, the thread's name): the
+same ``--ipc-seed`` gives every worker the same sequence of choices (the
+operating system's scheduling still varies).  A point only
 ever yields or sleeps, so correct code behaves exactly as without it.
 
 The patches are made on the classes, so they reach objects that the code
@@ -51,6 +52,7 @@ import os
 import random
 import sys
 import sysconfig
+import threading
 import time
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable, Iterable, Iterator
@@ -91,8 +93,17 @@ class Amplifier:
     """The per-worker stream of choices: deterministic for a (seed, index)."""
 
     def __init__(self, seed: int, index: int, p: float, stream: str = "") -> None:
-        self.rng = random.Random(f"pytest-ipc:{seed}:{index}{stream}")
+        self.key = f"pytest-ipc:{seed}:{index}{stream}"
+        self.rng = random.Random(self.key)
         self.p = p
+
+    def derived(self, stream: str) -> Amplifier:
+        """A stream of its own for ``stream`` (another thread), keyed on this one's."""
+        other = Amplifier.__new__(Amplifier)
+        other.key = f"{self.key}:{stream}"
+        other.rng = random.Random(other.key)
+        other.p = self.p
+        return other
 
     def choose(self) -> float | None:
         """None: go on; 0.0: yield the CPU; > 0: sleep that many seconds."""
@@ -117,7 +128,26 @@ class Amplifier:
             time.sleep(choice)
 
 
+# The stream of the thread that switched amplification on (a worker's main
+# thread).  Other threads of the worker (a Queue's feeder thread, the code
+# under test's own) draw from streams of their own, keyed on their names, so
+# the main thread's choices for a seed do not depend on how threads interleave.
 _amp: Amplifier | None = None
+_amp_thread = 0
+_thread_amps: dict[int, Amplifier] = {}
+
+
+def _stream() -> Amplifier | None:
+    amp = _amp
+    if amp is None:
+        return None
+    ident = threading.get_ident()
+    if ident == _amp_thread:
+        return amp
+    other = _thread_amps.get(ident)
+    if other is None:
+        other = _thread_amps[ident] = amp.derived(threading.current_thread().name)
+    return other
 
 
 def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None:
@@ -128,7 +158,7 @@ def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None
     need to get anywhere that matters.  The choice is drawn all the same, so a
     seed gives the same sequence either way.
     """
-    amp = _amp
+    amp = _stream()
     if amp is None:
         return
     choice = amp.choose()
@@ -174,9 +204,11 @@ def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
     function and come on demand, unguarded shared memory among them switches
     them on from the start.
     """
-    global _amp, _code_points_due
+    global _amp, _amp_thread, _code_points_due
     hand_on(seed, p)
     _amp = Amplifier(seed, index, p) if p > 0 else None
+    _amp_thread = threading.get_ident()
+    _thread_amps.clear()
     stop_code_points()  # a forked child's copy of its parent's are not its own
     if p <= 0:
         return
@@ -525,6 +557,7 @@ def hand_on(seed: int, p: float) -> None:
 def deactivate() -> None:
     global _amp, _child_p
     _amp = None
+    _thread_amps.clear()
     _child_p = 0.0
     stop_code_points()
 

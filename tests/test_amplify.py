@@ -11,6 +11,7 @@ import re
 import shlex
 import sys
 import textwrap
+import threading
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -26,6 +27,7 @@ METHODS = ("fork", "spawn", "forkserver")
 HELPERS = '''
 import multiprocessing
 import os
+import random
 import sys
 
 from pytest_ipc import _amplify
@@ -101,6 +103,23 @@ def probe(method):
     q.close()
     q.join_thread()
     return out
+
+
+def main_stream_drew_only_its_own(method, n):
+    """Put n items (a point each in this thread; the feeder thread's sends pass points too):
+    did this thread's stream move by exactly those n draws?"""
+    amp = _amplify._amp
+    ref = random.Random(amp.key)
+    q = multiprocessing.get_context(method).Queue()
+    for i in range(n):
+        q.put(i)
+    q.close()
+    q.join_thread()  # every item sent: the feeder thread has passed all its points
+    fresh = _amplify.Amplifier(0, 0, amp.p)
+    fresh.rng = ref
+    for _ in range(n):
+        fresh.choose()
+    return fresh.rng.getstate() == amp.rng.getstate()
 
 
 def first_choices(n):
@@ -243,6 +262,45 @@ def test_choices(ipc_workers):
     # Each worker has a stream of its own.
     assert len({json.dumps(w) for w in first}) == 3  # type: ignore[arg-type]
     assert any(c is not None for c in first[0])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_workers_other_threads_leave_its_stream_alone(pytester: pytest.Pytester, method: str) -> None:
+    """A Queue's feeder thread draws from a stream of its own: the worker's sequence replays whatever the threads do."""
+    _write_json_test(
+        pytester,
+        """
+@pytest.mark.ipc_race(runs=1, jitter="high")
+def test_feeder(ipc_workers, ipc_start_method):
+    ipc_workers.start(helpers.main_stream_drew_only_its_own, args=(ipc_start_method, 40))
+    with open("out.json", "w") as f:
+        json.dump(ipc_workers.join(), f)
+""",
+    )
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
+    result.assert_outcomes(passed=1)
+    assert _read(pytester) == [True]
+
+
+def test_each_other_thread_has_a_stream_keyed_on_its_name() -> None:
+    """The streams of other threads are deterministic too: one per thread, from its name."""
+    with _amplified() as amp:
+        main_state = amp.rng.getstate()
+
+        def elsewhere() -> None:
+            for _ in range(30):
+                _amplify.point()
+
+        thread = threading.Thread(target=elsewhere, name="worker-thread")
+        thread.start()
+        thread.join()
+        assert amp.rng.getstate() == main_state
+        (theirs,) = _amplify._thread_amps.values()
+        expected = amp.derived("worker-thread")
+        for _ in range(30):
+            expected.choose()
+        assert theirs.rng.getstate() == expected.rng.getstate()
+    _amplify._thread_amps.clear()
 
 
 # -- code points: the worker's own instructions -------------------------------------
@@ -591,12 +649,13 @@ class _Recording(_amplify.Amplifier):
 def _amplified() -> Iterator[_Recording]:
     """The IPC points switched on in this process as in a worker, with a recording stream."""
     _amplify.install()
-    old = _amplify._amp
-    _amplify._amp = amp = _Recording()
+    old = _amplify._amp, _amplify._amp_thread
+    amp = _Recording()
+    _amplify._amp, _amplify._amp_thread = amp, threading.get_ident()
     try:
         yield amp
     finally:
-        _amplify._amp = old
+        _amplify._amp, _amplify._amp_thread = old
 
 
 def _counts(amp: _Recording, op: Callable[[], object]) -> tuple[int, int]:
