@@ -120,13 +120,7 @@ def inc_shm_striped(name: str, locks: Any, ticket: Any, n: int) -> None:
     with ticket.get_lock():
         lock = locks[ticket.value % len(locks)]
         ticket.value += 1
-    shm = shared_memory.SharedMemory(name=name)
-    try:
-        for _ in range(n):
-            with lock:
-                shm.buf[0] += 1
-    finally:
-        shm.close()
+    inc_shm_locked(name, lock, n)
 
 
 def queue_role(q: Any, out: Any, ticket: Any, n: int) -> None:
@@ -159,11 +153,47 @@ def pong(conn: Any, rounds: int) -> None:
 # -- scenarios ------------------------------------------------------------------
 
 
-def counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+def _counter(ctx: Any, launch: Any, target: Callable[..., None]) -> tuple[Any, Any]:
     v = ctx.Value("i", 0)
-    launch.start(inc_value, args=(v, INCREMENTS), count=WORKERS)
+    launch.start(target, args=(v, INCREMENTS), count=WORKERS)
     launch.join()
     return v.value, WORKERS * INCREMENTS
+
+
+def _shm_byte(launch: Any, target: Callable[..., None], *shared: Any) -> tuple[Any, Any]:
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    try:
+        shm.buf[0] = 0
+        launch.start(target, args=(shm.name, *shared, SHM_INCREMENTS), count=WORKERS)
+        launch.join()
+        return shm.buf[0], WORKERS * SHM_INCREMENTS
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _counter(ctx, launch, inc_value)
+
+
+def locked_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _counter(ctx, launch, inc_value_locked)
+
+
+def own_lock_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _counter(ctx, launch, inc_value_own_lock)
+
+
+def shm_byte(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _shm_byte(launch, inc_shm)
+
+
+def shm_byte_locked(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _shm_byte(launch, inc_shm_locked, ctx.Lock())
+
+
+def shm_byte_striped(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _shm_byte(launch, inc_shm_striped, (ctx.Lock(), ctx.Lock()), ctx.Value("i", 0))
 
 
 def array_element(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
@@ -193,58 +223,6 @@ def queue_empty(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
         q.close()
         q.join_thread()
     return out.value, QUEUE_ITEMS
-
-
-def shm_byte(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
-    shm = shared_memory.SharedMemory(create=True, size=16)
-    try:
-        shm.buf[0] = 0
-        launch.start(inc_shm, args=(shm.name, SHM_INCREMENTS), count=WORKERS)
-        launch.join()
-        return shm.buf[0], WORKERS * SHM_INCREMENTS
-    finally:
-        shm.close()
-        shm.unlink()
-
-
-def shm_byte_locked(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
-    shm = shared_memory.SharedMemory(create=True, size=16)
-    try:
-        shm.buf[0] = 0
-        launch.start(inc_shm_locked, args=(shm.name, ctx.Lock(), SHM_INCREMENTS), count=WORKERS)
-        launch.join()
-        return shm.buf[0], WORKERS * SHM_INCREMENTS
-    finally:
-        shm.close()
-        shm.unlink()
-
-
-def own_lock_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
-    v = ctx.Value("i", 0)
-    launch.start(inc_value_own_lock, args=(v, INCREMENTS), count=WORKERS)
-    launch.join()
-    return v.value, WORKERS * INCREMENTS
-
-
-def shm_byte_striped(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
-    shm = shared_memory.SharedMemory(create=True, size=16)
-    try:
-        shm.buf[0] = 0
-        locks = (ctx.Lock(), ctx.Lock())
-        ticket = ctx.Value("i", 0)
-        launch.start(inc_shm_striped, args=(shm.name, locks, ticket, SHM_INCREMENTS), count=WORKERS)
-        launch.join()
-        return shm.buf[0], WORKERS * SHM_INCREMENTS
-    finally:
-        shm.close()
-        shm.unlink()
-
-
-def locked_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
-    v = ctx.Value("i", 0)
-    launch.start(inc_value_locked, args=(v, INCREMENTS), count=WORKERS)
-    launch.join()
-    return v.value, WORKERS * INCREMENTS
 
 
 def fanin(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
