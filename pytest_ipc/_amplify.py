@@ -76,12 +76,18 @@ CODE_BUDGET = 20_000
 # that touches shared memory no lock guards (a SharedMemory buffer, a raw
 # ctypes object), the one place where only they can amplify.
 SETTRACE_MIN_P = 0.25
+# The share of code points that act under a lock shared with other
+# processes (see CodePoints.act).  On the 3.12 locked counter, acting at the
+# full rate there cost about 15 points of runs/s against jitter off.
+CODE_UNDER_LOCK_SHARE = 0.25
 # Code points by sys.monitoring (3.12+), else by sys.settrace.
 _MONITORING = sys.version_info >= (3, 12)
 
 # Raw shared ctypes objects (RawValue, RawArray, Value(lock=False)) are plain
 # ctypes instances in an mmap'd arena.
 _CTYPES = (ctypes._SimpleCData, ctypes.Array, ctypes.Structure, ctypes.Union)
+# multiprocessing.synchronize.RECURSIVE_MUTEX: an RLock's kind of SemLock.
+_RECURSIVE_MUTEX = 0
 
 _seed = 0
 _children = 0
@@ -130,24 +136,26 @@ class Amplifier:
 
 # The stream of the thread that switched amplification on (a worker's main
 # thread).  Other threads of the worker (a Queue's feeder thread, the code
-# under test's own) draw from streams of their own, keyed on their names, so
-# the main thread's choices for a seed do not depend on how threads interleave.
+# under test's own) draw from streams of their own, the n-th of them to pass a
+# point from the n-th stream derived from it, so the main thread's choices for
+# a seed do not depend on how threads interleave.  A thread's stream lives in
+# a thread-local, tagged with the amplifier it was derived from.
 _amp: Amplifier | None = None
 _amp_thread = 0
-_thread_amps: dict[int, Amplifier] = {}
+_others = threading.local()
+_other_threads = 0
 
 
 def _stream() -> Amplifier | None:
+    global _other_threads
     amp = _amp
-    if amp is None:
-        return None
-    ident = threading.get_ident()
-    if ident == _amp_thread:
+    if amp is None or threading.get_ident() == _amp_thread:
         return amp
-    other = _thread_amps.get(ident)
-    if other is None:
-        other = _thread_amps[ident] = amp.derived(threading.current_thread().name)
-    return other
+    mine = getattr(_others, "stream", None)
+    if mine is None or mine[0] is not amp:
+        _other_threads += 1
+        mine = _others.stream = (amp, amp.derived(f"thread{_other_threads}"))
+    return mine[1]
 
 
 def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None:
@@ -170,14 +178,33 @@ def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None
 def _holds(lock: Any) -> bool:
     """Whether this thread holds ``lock``, a multiprocessing ``Lock`` or ``RLock``.
 
-    A ``Semaphore`` that lets more than one holder in is no lock here.
+    A ``Semaphore`` that lets more than one holder in is no lock here.  A
+    ``Lock`` that another process released after this one took it (a
+    hand-off) still counts as this thread's in ``_is_mine()``, hence the look
+    at its value.
     """
     semlock = getattr(lock, "_semlock", None)
-    return semlock is not None and semlock.maxvalue == 1 and bool(semlock._is_mine())
+    return (
+        semlock is not None
+        and semlock.maxvalue == 1
+        and bool(semlock._is_mine())
+        and (semlock.kind == _RECURSIVE_MUTEX or semlock._get_value() == 0)
+    )
 
 
-# The locks this process has entered (``with lock:``) and not left, that
-# other processes share: every lock but those a worker created itself.
+def _shared(lock: Any) -> bool:
+    """Whether other processes may take ``lock``: every lock but one this process made.
+
+    A lock made here (a ``Lock()`` in the worker's target, or a module-level
+    one that each spawn worker makes anew as it imports the module) is one no
+    other worker takes, so holding it guards nothing from them.  A lock
+    inherited through fork was made by another pid; one that came pickled
+    (spawn, forkserver) was never made here at all.
+    """
+    return getattr(lock, "_ipc_pid", None) != os.getpid()
+
+
+# The shared locks this process has entered (``with lock:``) and not left.
 _shared_held: list[Any] = []
 
 
@@ -187,13 +214,16 @@ def _under_shared_lock() -> bool:
 
 
 def _holds_own_lock(synchronized: Any) -> bool:
-    """Whether this thread holds the lock of a synchronized ``Value``/``Array``.
+    """Whether this thread holds the lock of a synchronized ``Value``/``Array``, a shared one.
 
     Then its read or write cannot race with another worker's reads and
     writes through the same wrapper (each takes that lock too); a worker
-    that does the read and the write without it gets its own points.
+    that does the read and the write without it gets its own points.  A
+    wrapper this process made around shared memory has a lock of its own
+    that no other worker takes: its points stay on.
     """
-    return _holds(getattr(synchronized, "_lock", None))
+    lock = getattr(synchronized, "_lock", None)
+    return _holds(lock) and _shared(lock)
 
 
 def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
@@ -204,11 +234,11 @@ def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
     function and come on demand, unguarded shared memory among them switches
     them on from the start.
     """
-    global _amp, _amp_thread, _code_points_due
+    global _amp, _amp_thread, _other_threads, _code_points_due
     hand_on(seed, p)
     _amp = Amplifier(seed, index, p) if p > 0 else None
-    _amp_thread = threading.get_ident()
-    _thread_amps.clear()
+    _amp_thread, _other_threads = threading.get_ident(), 0
+    _shared_held.clear()  # a forked child's copy of the locks its parent held
     stop_code_points()  # a forked child's copy of its parent's are not its own
     if p <= 0:
         return
@@ -324,16 +354,22 @@ class CodePoints:
         return known
 
     def act(self) -> None:
-        """A code point: maybe yield or sleep, unless under a lock shared with other workers.
+        """A code point: maybe yield or sleep; under a shared lock, at a quarter of the rate.
 
-        There the store is either guarded by that lock or guarded by the
-        wrong one of several shared locks; being quiet misses only the
-        second, for the first runs (the barrier alone still shows it in some
-        of them), and keeps lock-guarded code at the speed it would have.
+        Under a lock that other workers share, a sleep mostly makes them
+        queue for it: the store is usually guarded by that very lock.  But
+        it may be guarded by the wrong one of several shared locks, or race
+        with another worker's access that takes no lock (a torn read, an
+        unlocked reset): there only these points can open the window.  So
+        they act less often there, not never.
         """
-        choice = self.amp.choose()
-        if choice is not None and not _under_shared_lock():
-            self.amp.wait(choice)
+        amp = self.amp
+        choice = amp.choose()
+        if choice is None:
+            return
+        if _under_shared_lock() and amp.rng.random() >= CODE_UNDER_LOCK_SHARE:
+            return
+        amp.wait(choice)
 
     # -- sys.settrace (3.10, 3.11) ---------------------------------------------
     #
@@ -557,7 +593,6 @@ def hand_on(seed: int, p: float) -> None:
 def deactivate() -> None:
     global _amp, _child_p
     _amp = None
-    _thread_amps.clear()
     _child_p = 0.0
     stop_code_points()
 
@@ -575,6 +610,11 @@ class Amplified:
         self.index = index
         self.p = p
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The target travels as state, unpickled after _unpickled() has run:
+        # the patches are in before its module is imported (see _shared).
+        return (_unpickled, (self.seed, self.index, self.p), {"target": self.target})
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Its own children get seeds of their own, derived from its stream's key.
         seed = int(random.Random(f"{self.seed}:{self.index}").getrandbits(32))
@@ -583,6 +623,11 @@ class Amplified:
 
 
 # ``guarded``, where given, is asked about the method's ``self``: see point().
+
+
+def _unpickled(seed: int, index: int, p: float) -> Amplified:
+    install()
+    return Amplified(None, seed, index, p)  # type: ignore[arg-type]  # the target follows as state
 
 
 def _wrap_after(
@@ -631,10 +676,7 @@ def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[.
 def _lock_init(init: Callable[..., Any]) -> Callable[..., Any]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        if _amp is not None:
-            # Made by a worker: the spawn-time bug of a module-level Lock, or
-            # a Lock() in the target itself, is a lock no other worker takes.
-            self._ipc_private = True
+        self._ipc_pid = os.getpid()  # see _shared()
 
     __init__.__wrapped__ = init  # type: ignore[attr-defined]
     return __init__
@@ -644,7 +686,7 @@ def _lock_enter(enter: Callable[..., Any]) -> Callable[..., Any]:
     def __enter__(self: Any) -> Any:
         point(_holds, self)  # quiet if it is taken again: then it is no boundary
         result = enter(self)
-        if _amp is not None and not getattr(self, "_ipc_private", False):
+        if _amp is not None and _shared(self):
             _shared_held.append(self)
         return result
 
@@ -656,7 +698,7 @@ def _lock_exit(exit_: Callable[..., Any]) -> Callable[..., Any]:
     def __exit__(self: Any, *args: Any) -> Any:
         try:
             _shared_held.remove(self)
-        except ValueError:  # a private lock, or entered before amplification began
+        except ValueError:  # a lock of this process's own, or entered before amplification began
             pass
         result = exit_(self, *args)
         point(_holds, self)
@@ -710,6 +752,8 @@ def install() -> None:
     _installed = True
     from multiprocessing import connection, managers, process, queues, sharedctypes, synchronize
 
+    os.register_at_fork(after_in_child=_shared_held.clear)  # the parent's locks are not held here
+
     # Inside a critical section of a lock that other workers share, a sleep
     # only makes them queue for it: on the locked counter such points were
     # most of amplification's cost.  So some points stay quiet there, where
@@ -717,10 +761,10 @@ def install() -> None:
     # - a synchronized Value/Array's, while its own lock is held: a worker
     #   that reads and writes it without that lock has points of its own;
     # - a lock's, while it is already held (an RLock entered again, as a
-    #   synchronized Array's accessors do under ``with a.get_lock()``);
-    # - code points, under a lock shared with other processes (see
-    #   CodePoints.act); a lock the worker made itself, which no other worker
-    #   takes (the wrong lock), leaves them on.
+    #   synchronized Array's accessors do under ``with a.get_lock()``).
+    # And code points act at a quarter of their rate under a lock shared with
+    # other processes (see CodePoints.act).  A lock the worker made itself,
+    # which no other worker takes (the wrong lock), leaves them all on.
     _patch_property(sharedctypes.Synchronized, "value", guarded=_holds_own_lock)
     for name in ("__getitem__", "__getslice__"):
         _patch(sharedctypes.SynchronizedArray, name, functools.partial(_wrap_after, guarded=_holds_own_lock))

@@ -6,7 +6,6 @@ import contextlib
 import dis
 import inspect
 import json
-import multiprocessing
 import re
 import shlex
 import sys
@@ -165,14 +164,110 @@ def code_points_on(*given):
     return _amplify._code_points is not None
 
 
+MODULE_LOCK = multiprocessing.Lock()  # made wherever this module is imported
+
+
 def lock_kinds(method, shared):
-    """Inside ``with`` of a lock given to the worker, and of one it made: under a shared lock?"""
+    """Inside ``with`` of a lock given to the worker, one it made, and this module's: under a shared lock?"""
     own = multiprocessing.get_context(method).Lock()
-    with shared:
-        under_given = _amplify._under_shared_lock()
-    with own:
-        under_own = _amplify._under_shared_lock()
-    return [under_given, under_own]
+    found = []
+    for lock in (shared, own, MODULE_LOCK):
+        with lock:
+            found.append(_amplify._under_shared_lock())
+    return found
+
+
+class Recording(_amplify.Amplifier):
+    """A stream whose every point acts (p = 1), recording its draws and waits instead of waiting.
+
+    It records by appending, not by storing through an attribute, so that
+    under code points it is no code point itself.
+    """
+
+    def __init__(self):
+        super().__init__(0, 0, 1.0)
+        self.drawn = []
+        self.waited = []
+
+    def choose(self):
+        choice = super().choose()
+        self.drawn.append(choice)
+        return choice
+
+    def wait(self, choice):
+        self.waited.append(choice)
+
+
+def ipc_point_counts(op):
+    """[draws, waits] of this worker's IPC points while ``op()`` runs, every point acting."""
+    recording, old = Recording(), _amplify._amp
+    _amplify._amp = recording
+    try:
+        op()
+    finally:
+        _amplify._amp = old
+    return [len(recording.drawn), len(recording.waited)]
+
+
+def quiet_points(method, v, a, other):
+    """The points around reads and writes of ``v`` and ``a`` (given by the test), with and without locks."""
+    own = multiprocessing.get_context(method).Value("i", 0)  # made here: its lock is this worker's own
+
+    def incr():
+        v.value += 1
+
+    def incr_locked():
+        with v.get_lock():
+            v.value += 1
+
+    def array_incr():
+        a[1] += 1
+
+    def array_incr_locked():
+        with a.get_lock():
+            a[1] += 1
+
+    def incr_under_other():
+        with other.get_lock():
+            v.value += 1
+
+    def own_incr():
+        own.value += 1
+
+    def own_incr_locked():
+        with own.get_lock():
+            own.value += 1
+
+    ops = {"incr": incr, "incr_locked": incr_locked, "array_incr": array_incr,
+           "array_incr_locked": array_incr_locked, "incr_under_other": incr_under_other,
+           "own_incr": own_incr, "own_incr_locked": own_incr_locked}
+    return {name: ipc_point_counts(op) for name, op in ops.items()}
+
+
+class Box:
+    total = 0
+
+
+def store_under(lock, box, n):
+    for _ in range(n):
+        with lock:
+            box.total = 1  # a store through an attribute: a code point
+
+
+def code_point_counts(method, shared, semaphore, n):
+    """[draws, waits] of the code points of n stores under each kind of lock, every point acting."""
+    points = _amplify._code_points
+    if points is None:
+        return None
+    own = multiprocessing.get_context(method).Lock()
+    box = Box()
+    found = {}
+    for name, lock in (("shared", shared), ("own", own), ("semaphore", semaphore)):
+        recording = Recording()
+        points.amp = recording
+        store_under(lock, box, n)
+        found[name] = [len(recording.drawn), len(recording.waited)]
+    return found
 
 
 def inc_byte(name, n):
@@ -282,25 +377,42 @@ def test_feeder(ipc_workers, ipc_start_method):
     assert _read(pytester) == [True]
 
 
-def test_each_other_thread_has_a_stream_keyed_on_its_name() -> None:
-    """The streams of other threads are deterministic too: one per thread, from its name."""
+@contextlib.contextmanager
+def _amplified() -> Iterator[_amplify.Amplifier]:
+    """The IPC points switched on in this thread as in a worker's main thread (p = 0: none acts)."""
+    _amplify.install()
+    old = _amplify._amp, _amplify._amp_thread, _amplify._other_threads
+    amp = _amplify.Amplifier(0, 0, 0.0)
+    _amplify._amp, _amplify._amp_thread, _amplify._other_threads = amp, threading.get_ident(), 0
+    try:
+        yield amp
+    finally:
+        _amplify._amp, _amplify._amp_thread, _amplify._other_threads = old
+
+
+def test_each_other_thread_has_a_stream_of_its_own() -> None:
+    """The n-th other thread to pass a point draws from the n-th stream derived from the worker's."""
+    states: list[object] = []
+
+    def elsewhere() -> None:
+        for _ in range(30):
+            _amplify.point()
+        states.append(_amplify._stream().rng.getstate())  # type: ignore[union-attr]
+
     with _amplified() as amp:
         main_state = amp.rng.getstate()
-
-        def elsewhere() -> None:
-            for _ in range(30):
-                _amplify.point()
-
-        thread = threading.Thread(target=elsewhere, name="worker-thread")
-        thread.start()
-        thread.join()
-        assert amp.rng.getstate() == main_state
-        (theirs,) = _amplify._thread_amps.values()
-        expected = amp.derived("worker-thread")
+        for name in ("first", "second"):
+            thread = threading.Thread(target=elsewhere, name=name)
+            thread.start()
+            thread.join()
+        assert amp.rng.getstate() == main_state  # the main thread's stream did not move
+    expected = []
+    for n in (1, 2):
+        derived = amp.derived(f"thread{n}")
         for _ in range(30):
-            expected.choose()
-        assert theirs.rng.getstate() == expected.rng.getstate()
-    _amplify._thread_amps.clear()
+            derived.choose()
+        expected.append(derived.rng.getstate())
+    assert states == expected
 
 
 # -- code points: the worker's own instructions -------------------------------------
@@ -620,129 +732,72 @@ def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
 # -- points that stay quiet inside a critical section ----------------------------
 
 
-class _Recording(_amplify.Amplifier):
-    """A stream whose every point acts (p = 1), recording its draws and waits instead of waiting.
-
-    It records by appending, not by storing through an attribute, so that
-    under code points it is no code point itself.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(0, 0, 1.0)
-        self.drawn: list[float | None] = []
-        self.waited: list[float] = []
-
-    def choose(self) -> float | None:
-        choice = super().choose()
-        self.drawn.append(choice)
-        return choice
-
-    def wait(self, choice: float) -> None:
-        self.waited.append(choice)
-
-    @property
-    def counts(self) -> tuple[int, int]:
-        return len(self.drawn), len(self.waited)
-
-
-@contextlib.contextmanager
-def _amplified() -> Iterator[_Recording]:
-    """The IPC points switched on in this process as in a worker, with a recording stream."""
-    _amplify.install()
-    old = _amplify._amp, _amplify._amp_thread
-    amp = _Recording()
-    _amplify._amp, _amplify._amp_thread = amp, threading.get_ident()
-    try:
-        yield amp
-    finally:
-        _amplify._amp, _amplify._amp_thread = old
+@pytest.mark.parametrize("method", METHODS)
+def test_points_under_a_values_own_lock_draw_but_stay_quiet(pytester: pytest.Pytester, method: str) -> None:
+    """Under ``with v.get_lock()`` the read and write of ``v`` wait nowhere; under another lock, or its own, they do."""
+    _write_json_test(
+        pytester,
+        """
+@pytest.mark.ipc_race(runs=1)
+def test_probe(ipc_workers, ipc_context, ipc_start_method):
+    v, a, other = ipc_context.Value("i", 0), ipc_context.Array("i", 3), ipc_context.Value("i", 0)
+    ipc_workers.start(helpers.quiet_points, args=(ipc_start_method, v, a, other))
+    with open("out.json", "w") as f:
+        json.dump(ipc_workers.join()[0], f)
+""",
+    )
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
+    result.assert_outcomes(passed=1)
+    counts = _read(pytester)
+    # Unguarded, every point acts: at least one after the read and one before the write.
+    for name in ("incr", "array_incr", "own_incr"):
+        draws, waits = counts[name]  # type: ignore[index]
+        assert draws == waits >= 2, name
+    # Guarded by the object's own lock: the points draw as before (the stream
+    # moves on alike) plus the two of the user's ``with``, before taking the
+    # lock and after leaving it, and only those two act.
+    assert counts["incr_locked"] == [counts["incr"][0] + 2, 2]  # type: ignore[index]
+    assert counts["array_incr_locked"] == [counts["array_incr"][0] + 2, 2]  # type: ignore[index]
+    # The wrong lock, and a lock this worker made (no other worker takes it): all act.
+    assert counts["incr_under_other"] == [counts["incr"][0] + 2] * 2  # type: ignore[index]
+    assert counts["own_incr_locked"] == [counts["own_incr"][0] + 2] * 2  # type: ignore[index]
 
 
-def _counts(amp: _Recording, op: Callable[[], object]) -> tuple[int, int]:
-    """(draws, waits) of ``amp`` while ``op()`` runs."""
-    amp.drawn.clear()
-    amp.waited.clear()
-    op()
-    return amp.counts
-
-
-def test_points_under_a_values_own_lock_draw_but_stay_quiet() -> None:
-    """Under ``with v.get_lock()`` the read and write of ``v`` wait nowhere; only taking and leaving the lock do."""
-    ctx = multiprocessing.get_context("fork")  # nothing is started: only the objects are needed
-    v, a = ctx.Value("i", 0), ctx.Array("i", 3)
-
-    def incr() -> None:
-        v.value += 1
-
-    def incr_locked() -> None:
-        with v.get_lock():
-            v.value += 1
-
-    def array_incr() -> None:
-        a[1] += 1
-
-    def array_incr_locked() -> None:
-        with a.get_lock():
-            a[1] += 1
-
-    with _amplified() as amp:
-        # Unguarded: a point after the read and one before the write, both acting.
-        # (A Value's accessors take its lock by acquire() and release(), an
-        # Array's by ``with``: two more points each.)
-        assert _counts(amp, incr) == (2, 2)
-        assert _counts(amp, array_incr) == (6, 6)
-        # Guarded: the same plus the user's ``with``, before taking the lock
-        # and after leaving it; all draw (the stream moves on alike), only
-        # those two act.
-        assert _counts(amp, incr_locked) == (4, 2)
-        assert _counts(amp, array_incr_locked) == (8, 2)
-    assert v.value == 2 and a[1] == 2
-
-
-def test_the_wrong_lock_leaves_the_points_on() -> None:
-    """Holding some other lock keeps every point of ``v`` acting."""
-    ctx = multiprocessing.get_context("fork")
-    v, other = ctx.Value("i", 0), ctx.Value("i", 0)
-
-    def incr_under_other() -> None:
-        with other.get_lock():
-            v.value += 1
-
-    with _amplified() as amp:
-        assert _counts(amp, incr_under_other) == (4, 4)
-
-
-def _store_under(lock: Any, box: _Box) -> None:
-    with lock:
-        box.total = 1  # a store through an attribute: a code point
+# A store under a shared lock acts at a quarter of the rate: with every point
+# drawing "act" (p = 1), the 200 stores' extra draws decide; the stream is seeded,
+# so the count is the same every time, about 50.
+CODE_POINT_STORES = 200
 
 
 @NEEDS_CODE_POINTS
-def test_code_points_are_quiet_under_a_shared_lock_only() -> None:
-    """A store under a lock other processes share waits nowhere; under one the worker made, or a Semaphore, it does."""
-    ctx = multiprocessing.get_context("fork")
-    shared = ctx.Lock()  # made before amplification: as the locks a worker is given
-    sem = ctx.Semaphore(3)  # shared too, but three may hold it at once: no lock
-    box = _Box()
-    with _amplified(), _code_points() as points:
-        points.amp = code = _Recording()
-        own = ctx.Lock()  # made while amplification is on: as in a worker's own code
-        # (No store in this function or a helper between the counts: each would be a point.)
-        _store_under(shared, box)
-        under_shared = code.counts
-        _store_under(own, box)
-        under_own = code.counts
-        _store_under(sem, box)
-        under_sem = code.counts
-    assert under_shared == (1, 0)
-    assert under_own == (2, 1)
-    assert under_sem == (3, 2)
-    assert _amplify._shared_held == []
+@pytest.mark.parametrize("method", METHODS)
+def test_code_points_act_less_under_a_shared_lock(pytester: pytest.Pytester, method: str) -> None:
+    """Under a lock other workers share, code points act at a quarter of the rate; under the worker's own, or a Semaphore, at all of it."""
+    _write_json_test(
+        pytester,
+        f"""
+@pytest.mark.ipc_race(runs=1, jitter="high")  # code points on every Python
+def test_probe(ipc_workers, ipc_context, ipc_start_method):
+    ipc_workers.start(helpers.code_point_counts,
+                      args=(ipc_start_method, ipc_context.Lock(), ipc_context.Semaphore(3), {CODE_POINT_STORES}))
+    with open("out.json", "w") as f:
+        json.dump(ipc_workers.join()[0], f)
+""",
+    )
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
+    result.assert_outcomes(passed=1)
+    counts = _read(pytester)
+    n = CODE_POINT_STORES
+    shared_draws, shared_waits = counts["shared"]  # type: ignore[index]
+    assert shared_draws == n
+    assert 0.1 * n < shared_waits < 0.4 * n  # a quarter, give or take the seeded draws
+    assert counts["own"] == [n, n]  # type: ignore[index]
+    assert counts["semaphore"] == [n, n]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_worker_tells_the_locks_it_is_given_from_those_it_makes(pytester: pytest.Pytester, method: str) -> None:
-    """Inherited (fork) or unpickled (spawn, forkserver) locks count as shared; a worker's own do not."""
+    """Inherited (fork) or unpickled (spawn, forkserver) locks count as shared; those a worker makes do not."""
     _write_json_test(
         pytester,
         """
@@ -755,7 +810,9 @@ def test_probe(ipc_workers, ipc_context, ipc_start_method):
     )
     result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
     result.assert_outcomes(passed=1)
-    assert _read(pytester) == [True, False]
+    # A module-level lock is the test process's under fork (its workers share
+    # it); a spawn or forkserver worker makes its own as it imports the module.
+    assert _read(pytester) == [True, False, method == "fork"]
 
 
 @pytest.mark.skipif(not MONITORING, reason="sys.monitoring is new in Python 3.12")
