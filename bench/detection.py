@@ -26,6 +26,9 @@ positives (runs with a wrong result, and whether the plugin reported a race).
 
 ``--long`` runs only the race-free scenarios, with amplification on, under
 each start method; it prints the time it expects to take before starting.
+``--budget SECONDS`` lets each session start no new run after that long, so a
+campaign can be run in pieces (``--long --methods spawn --scenarios "locked
+counter" --budget 3600``); the table then says how many runs there were.
 """
 
 from __future__ import annotations
@@ -102,6 +105,10 @@ def test_scenario(name, ipc_context, launch, env, ipc_outcome):
 '''
 
 
+# --budget: the --ipc-budget of every ipc_race session ("none": no time limit).
+BUDGET = {"budget": "none"}
+
+
 def run_cell(
     method: str, mode: str, names: list[str], runs: int, workdir: Path, seed: int, timeout: float | None = 3600
 ) -> dict[str, Any]:
@@ -117,7 +124,7 @@ def run_cell(
     if mode == "plain":
         cmd += [f"--count={runs}"]
     else:
-        cmd += [f"--ipc-runs={runs}", "--ipc-budget=none"]
+        cmd += [f"--ipc-runs={runs}", f"--ipc-budget={BUDGET['budget']}"]
     env = {
         **os.environ,
         "BENCH_MODE": mode, "BENCH_LOG": str(log), "BENCH_METHOD": method,
@@ -189,11 +196,17 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="10,000 runs of each race-free scenario, jitter on")
     ap.add_argument("--level", default="low",
                     help="--ipc-jitter of the jitter mode: off, low, high or a probability (default low)")
+    ap.add_argument("--budget", default=None,
+                    help="seconds after which a session starts no new run (--ipc-budget), to split a "
+                         "--long campaign into pieces; by default every run happens")
     args = ap.parse_args()
     try:
-        settings.jitter(args.level, "--level")  # the plugin's own check, before any session starts
+        settings.jitter(args.level, "--level")  # the plugin's own checks, before any session starts
+        if args.budget is not None:
+            settings.positive_seconds(args.budget, "--budget")
     except settings.SettingError as exc:
         ap.error(str(exc))
+    BUDGET["budget"] = args.budget or "none"
 
     JITTER["jitter"] = args.level
     methods = [m for m in args.methods.split(",") if m]
