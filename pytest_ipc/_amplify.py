@@ -86,8 +86,6 @@ _MONITORING = sys.version_info >= (3, 12)
 # Raw shared ctypes objects (RawValue, RawArray, Value(lock=False)) are plain
 # ctypes instances in an mmap'd arena.
 _CTYPES = (ctypes._SimpleCData, ctypes.Array, ctypes.Structure, ctypes.Union)
-# multiprocessing.synchronize.RECURSIVE_MUTEX: an RLock's kind of SemLock.
-_RECURSIVE_MUTEX = 0
 
 _seed = 0
 _children = 0
@@ -183,12 +181,14 @@ def _holds(lock: Any) -> bool:
     hand-off) still counts as this thread's in ``_is_mine()``, hence the look
     at its value.
     """
+    from multiprocessing.synchronize import RECURSIVE_MUTEX  # loaded already: install() patched it
+
     semlock = getattr(lock, "_semlock", None)
     return (
         semlock is not None
         and semlock.maxvalue == 1
         and bool(semlock._is_mine())
-        and (semlock.kind == _RECURSIVE_MUTEX or semlock._get_value() == 0)
+        and (semlock.kind == RECURSIVE_MUTEX or semlock._get_value() == 0)
     )
 
 

@@ -293,6 +293,14 @@ def _read(pytester: pytest.Pytester, name: str = "out.json") -> object:
     return json.loads((pytester.path / name).read_text())
 
 
+def _probe(pytester: pytest.Pytester, method: str, body: str) -> object:
+    """Run the one-test module ``body`` under ``method``; what it wrote to out.json."""
+    _write_json_test(pytester, body)
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
+    result.assert_outcomes(passed=1)
+    return _read(pytester)
+
+
 # -- the stream ----------------------------------------------------------------
 
 
@@ -362,8 +370,9 @@ def test_choices(ipc_workers):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_workers_other_threads_leave_its_stream_alone(pytester: pytest.Pytester, method: str) -> None:
     """A Queue's feeder thread draws from a stream of its own: the worker's sequence replays whatever the threads do."""
-    _write_json_test(
+    found = _probe(
         pytester,
+        method,
         """
 @pytest.mark.ipc_race(runs=1, jitter="high")
 def test_feeder(ipc_workers, ipc_start_method):
@@ -372,9 +381,7 @@ def test_feeder(ipc_workers, ipc_start_method):
         json.dump(ipc_workers.join(), f)
 """,
     )
-    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
-    result.assert_outcomes(passed=1)
-    assert _read(pytester) == [True]
+    assert found == [True]
 
 
 @contextlib.contextmanager
@@ -735,8 +742,9 @@ def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_points_under_a_values_own_lock_draw_but_stay_quiet(pytester: pytest.Pytester, method: str) -> None:
     """Under ``with v.get_lock()`` the read and write of ``v`` wait nowhere; under another lock, or its own, they do."""
-    _write_json_test(
+    counts = _probe(
         pytester,
+        method,
         """
 @pytest.mark.ipc_race(runs=1)
 def test_probe(ipc_workers, ipc_context, ipc_start_method):
@@ -746,9 +754,6 @@ def test_probe(ipc_workers, ipc_context, ipc_start_method):
         json.dump(ipc_workers.join()[0], f)
 """,
     )
-    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
-    result.assert_outcomes(passed=1)
-    counts = _read(pytester)
     # Unguarded, every point acts: at least one after the read and one before the write.
     for name in ("incr", "array_incr", "own_incr"):
         draws, waits = counts[name]  # type: ignore[index]
@@ -773,8 +778,9 @@ CODE_POINT_STORES = 200
 @pytest.mark.parametrize("method", METHODS)
 def test_code_points_act_less_under_a_shared_lock(pytester: pytest.Pytester, method: str) -> None:
     """Under a lock other workers share, code points act at a quarter of the rate; under the worker's own, or a Semaphore, at all of it."""
-    _write_json_test(
+    counts = _probe(
         pytester,
+        method,
         f"""
 @pytest.mark.ipc_race(runs=1, jitter="high")  # code points on every Python
 def test_probe(ipc_workers, ipc_context, ipc_start_method):
@@ -784,9 +790,6 @@ def test_probe(ipc_workers, ipc_context, ipc_start_method):
         json.dump(ipc_workers.join()[0], f)
 """,
     )
-    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
-    result.assert_outcomes(passed=1)
-    counts = _read(pytester)
     n = CODE_POINT_STORES
     shared_draws, shared_waits = counts["shared"]  # type: ignore[index]
     assert shared_draws == n
@@ -798,8 +801,9 @@ def test_probe(ipc_workers, ipc_context, ipc_start_method):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_worker_tells_the_locks_it_is_given_from_those_it_makes(pytester: pytest.Pytester, method: str) -> None:
     """Inherited (fork) or unpickled (spawn, forkserver) locks count as shared; those a worker makes do not."""
-    _write_json_test(
+    found = _probe(
         pytester,
+        method,
         """
 @pytest.mark.ipc_race(runs=1)
 def test_probe(ipc_workers, ipc_context, ipc_start_method):
@@ -808,11 +812,9 @@ def test_probe(ipc_workers, ipc_context, ipc_start_method):
         json.dump(ipc_workers.join()[0], f)
 """,
     )
-    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=60)
-    result.assert_outcomes(passed=1)
     # A module-level lock is the test process's under fork (its workers share
     # it); a spawn or forkserver worker makes its own as it imports the module.
-    assert _read(pytester) == [True, False, method == "fork"]
+    assert found == [True, False, method == "fork"]
 
 
 @pytest.mark.skipif(not MONITORING, reason="sys.monitoring is new in Python 3.12")
