@@ -54,6 +54,11 @@ import sys
 import sysconfig
 import threading
 import time
+# The modules install() patches, imported here rather than in it: the fork
+# server preloads this module, so its workers inherit them instead of each
+# importing them anew (managers brings pool, hmac and secrets: about 5 ms a
+# worker, most of what amplification cost under forkserver).
+from multiprocessing import connection, managers, process, queues, sharedctypes, shared_memory, synchronize
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable, Iterable, Iterator
 
@@ -181,14 +186,12 @@ def _holds(lock: Any) -> bool:
     hand-off) still counts as this thread's in ``_is_mine()``, hence the look
     at its value.
     """
-    from multiprocessing.synchronize import RECURSIVE_MUTEX  # loaded already: install() patched it
-
     semlock = getattr(lock, "_semlock", None)
     return (
         semlock is not None
         and semlock.maxvalue == 1
         and bool(semlock._is_mine())
-        and (semlock.kind == RECURSIVE_MUTEX or semlock._get_value() == 0)
+        and (semlock.kind == synchronize.RECURSIVE_MUTEX or semlock._get_value() == 0)
     )
 
 
@@ -750,8 +753,6 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    from multiprocessing import connection, managers, process, queues, sharedctypes, synchronize
-
     os.register_at_fork(after_in_child=_shared_held.clear)  # the parent's locks are not held here
 
     # Inside a critical section of a lock that other workers share, a sleep
@@ -781,10 +782,6 @@ def install() -> None:
     _patch(connection._ConnectionBase, "recv_bytes", _wrap_after)
     _patch(managers.BaseProxy, "_callmethod", _wrap_around)
     _patch(process.BaseProcess, "start", _start)
-    try:
-        from multiprocessing import shared_memory
-    except ImportError:  # pragma: no cover - always there on 3.8+
-        return
     _patch_property(shared_memory.SharedMemory, "buf", _buf_fetched)
 
 

@@ -8,6 +8,7 @@ import inspect
 import json
 import re
 import shlex
+import subprocess
 import sys
 import textwrap
 import threading
@@ -875,6 +876,23 @@ def test_shared_memory_byte_race_is_caught(pytester: pytest.Pytester, method: st
 
 
 # -- where the points reach ---------------------------------------------------------
+
+
+def test_the_fork_server_preload_brings_every_module_install_patches() -> None:
+    """Importing _amplify (as the fork server does) leaves install() nothing to import.
+
+    Otherwise every forkserver worker of a jittered run imports them anew:
+    multiprocessing.managers alone is about 5 ms a worker.
+    """
+    code = (
+        "import sys\n"
+        "from pytest_ipc import _amplify\n"
+        "before = set(sys.modules)\n"
+        "_amplify.install()\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 PROBE_TEST = """
