@@ -22,7 +22,8 @@ and its write.  See :class:`CodePoints` for how they are found (by
 cost.
 
 The choices come from a ``random.Random`` seeded with the run's seed and the
-worker's index (and, in the worker's other threads, the thread's name): the
+worker's index (and, in the worker's other threads, the order in which they
+first passed a point): the
 same ``--ipc-seed`` gives every worker the same sequence of choices (the
 operating system's scheduling still varies).  A point only
 ever yields or sleeps, so correct code behaves exactly as without it.
@@ -48,6 +49,7 @@ from __future__ import annotations
 import ctypes
 import dis
 import functools
+import itertools
 import os
 import random
 import sys
@@ -146,18 +148,19 @@ class Amplifier:
 _amp: Amplifier | None = None
 _amp_thread = 0
 _others = threading.local()
-_other_threads = 0
+# Numbers the other threads: next() on a count is a single C call, so two
+# threads that pass their first point at once cannot draw the same number (as
+# they could between the read and the write of a ``+= 1``).
+_other_threads = itertools.count(1)
 
 
 def _stream() -> Amplifier | None:
-    global _other_threads
     amp = _amp
     if amp is None or threading.get_ident() == _amp_thread:
         return amp
     mine = getattr(_others, "stream", None)
     if mine is None or mine[0] is not amp:
-        _other_threads += 1
-        mine = _others.stream = (amp, amp.derived(f"thread{_other_threads}"))
+        mine = _others.stream = (amp, amp.derived(f"thread{next(_other_threads)}"))
     return mine[1]
 
 
@@ -240,7 +243,7 @@ def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
     global _amp, _amp_thread, _other_threads, _code_points_due
     hand_on(seed, p)
     _amp = Amplifier(seed, index, p) if p > 0 else None
-    _amp_thread, _other_threads = threading.get_ident(), 0
+    _amp_thread, _other_threads = threading.get_ident(), itertools.count(1)
     _shared_held.clear()  # a forked child's copy of the locks its parent held
     stop_code_points()  # a forked child's copy of its parent's are not its own
     if p <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dis
 import inspect
+import itertools
 import json
 import re
 import shlex
@@ -391,7 +392,7 @@ def _amplified() -> Iterator[_amplify.Amplifier]:
     _amplify.install()
     old = _amplify._amp, _amplify._amp_thread, _amplify._other_threads
     amp = _amplify.Amplifier(0, 0, 0.0)
-    _amplify._amp, _amplify._amp_thread, _amplify._other_threads = amp, threading.get_ident(), 0
+    _amplify._amp, _amplify._amp_thread, _amplify._other_threads = amp, threading.get_ident(), itertools.count(1)
     try:
         yield amp
     finally:
