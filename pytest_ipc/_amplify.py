@@ -5,11 +5,12 @@ read and write, ``Lock``/``RLock`` entry and exit, ``Queue.put``/``get``,
 ``Connection.send``/``recv``, ``Manager`` proxy call, ``SharedMemory.buf``
 access and ``Process.start`` passes a preemption point.  At each point the
 worker, with probability ``p``, gives up the CPU (``os.sched_yield``) or
-sleeps a few hundred microseconds.  A yield between the read and the write of
-``v.value += 1`` is exactly the interleaving that loses an update, so a race
-that plain repetition shows once in many runs shows in the first.  Points
-inside a critical section that the worker's lock already guards stay quiet
-(see install()): there a sleep only makes the other workers queue.
+sleeps a few hundred microseconds.  A yield between the read and the write
+of ``v.value += 1`` is exactly the interleaving that loses an update, so a
+race that plain repetition shows once in many runs shows in the first.
+Points inside a critical section that the worker's lock already guards stay
+quiet (see install()): there a sleep only makes the other workers queue.  A
+worker's other threads (a ``Queue``'s feeder) sleep as they start.
 
 Shared state that Python cannot intercept (a ``SharedMemory`` buffer, a
 NumPy array on one, ``RawValue``/``RawArray``) is reached through the
@@ -68,6 +69,15 @@ from typing import Any, Callable, Iterable, Iterator
 # on the other core to get through a critical section, short enough that a
 # race-free scenario keeps its speed.
 MAX_SLEEP = 0.0002
+# A worker's other thread (a Queue's feeder, the code under test's own) sleeps
+# this long as it starts (a feeder) or at the first point it passes, whatever
+# its stream says: a thread just started is where an order that only happens
+# to hold is decided, as with a consumer that stops at Queue.empty() before
+# the feeder's first write.  On that scenario (bench/scenarios.py), at load
+# 7-9, the share of runs that showed the race went from 70-84% to 82-93%
+# under fork and forkserver (0.2 ms gained less, 1 ms no more); the
+# sentinel-counted fan-in lost 4-6% of its runs/s.  One sleep per thread.
+THREAD_START_SLEEP = 0.0005
 # Share of acting points that sleep rather than yield.
 SLEEP_SHARE = 0.5
 # How many events the worker's own code gets for code points, per process.
@@ -102,6 +112,8 @@ _installed = False
 
 class Amplifier:
     """The per-worker stream of choices: deterministic for a (seed, index)."""
+
+    fresh = False  # the stream of a thread that has passed no point yet
 
     def __init__(self, seed: int, index: int, p: float, stream: str = "") -> None:
         self.key = f"pytest-ipc:{seed}:{index}{stream}"
@@ -160,7 +172,9 @@ def _stream() -> Amplifier | None:
         return amp
     mine = getattr(_others, "stream", None)
     if mine is None or mine[0] is not amp:
-        mine = _others.stream = (amp, amp.derived(f"thread{next(_other_threads)}"))
+        stream = amp.derived(f"thread{next(_other_threads)}")
+        stream.fresh = True
+        mine = _others.stream = (amp, stream)
     return mine[1]
 
 
@@ -170,15 +184,32 @@ def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None
     ``guarded(obj)``, asked only when the stream says to act, tells a point
     that would only hold up other workers: this one holds the lock they would
     need to get anywhere that matters.  The choice is drawn all the same, so a
-    seed gives the same sequence either way.
+    seed gives the same sequence either way.  The first point of a worker's
+    other thread sleeps at least ``THREAD_START_SLEEP`` (see _thread_start()).
     """
     amp = _stream()
     if amp is None:
         return
     choice = amp.choose()
+    if amp.fresh:
+        amp.fresh = False
+        choice = max(choice or 0.0, THREAD_START_SLEEP)
     if choice is None or (guarded is not None and guarded(obj)):
         return
     amp.wait(choice)
+
+
+def _thread_start() -> None:
+    """Where a thread of a worker's own making begins: the start sleep, if it is its first.
+
+    A Queue's feeder thread passes here as it starts, before it takes the
+    queue's write lock: at its first write it would hold that lock, which
+    every producer's feeder takes, through the sleep.
+    """
+    amp = _stream()
+    if amp is not None and amp.fresh:
+        amp.fresh = False
+        amp.wait(THREAD_START_SLEEP)
 
 
 def _holds(lock: Any) -> bool:
@@ -672,6 +703,16 @@ def _wrap_around(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _feeder(feed: Callable[..., Any]) -> Callable[..., Any]:
+    def _feed(*args: Any, **kwargs: Any) -> Any:
+        _thread_start()
+        return feed(*args, **kwargs)
+
+    _feed._ipc_feeder = True  # type: ignore[attr-defined]
+    _feed.__wrapped__ = feed  # type: ignore[attr-defined]
+    return _feed
+
+
 def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
     original = cls.__dict__.get(name)
     if original is None or hasattr(original, "__wrapped__"):
@@ -777,6 +818,9 @@ def install() -> None:
     _patch(synchronize.SemLock, "__init__", _lock_init)
     _patch(synchronize.SemLock, "__enter__", _lock_enter)
     _patch(synchronize.SemLock, "__exit__", _lock_exit)
+    feed = queues.Queue.__dict__["_feed"].__func__
+    if not hasattr(feed, "_ipc_feeder"):
+        queues.Queue._feed = staticmethod(_feeder(feed))  # type: ignore[method-assign]
     _patch(queues.Queue, "put", _wrap_before)
     _patch(queues.Queue, "get", _wrap_after)
     _patch(connection._ConnectionBase, "send", _wrap_before)

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import random
 import sys
+import threading
 
 from pytest_ipc import _amplify
 
@@ -121,6 +122,27 @@ def main_stream_drew_only_its_own(method, n):
     for _ in range(n):
         fresh.choose()
     return fresh.rng.getstate() == amp.rng.getstate()
+
+
+def feeder_waits(method):
+    """The waits of the feeder thread of a Queue made here, while it sends one item,
+    each with whether the queue's write lock was free."""
+    waits, main, wait = [], threading.get_ident(), _amplify.Amplifier.wait
+    q = multiprocessing.get_context(method).Queue()
+
+    def record(amp, choice):
+        if threading.get_ident() != main:
+            waits.append([choice, q._wlock._semlock._get_value() == 1])
+        wait(amp, choice)
+
+    _amplify.Amplifier.wait = record
+    try:
+        q.put(1)
+        q.close()
+        q.join_thread()
+    finally:
+        _amplify.Amplifier.wait = wait
+    return waits
 
 
 def first_choices(n):
@@ -303,6 +325,20 @@ def _probe(pytester: pytest.Pytester, method: str, body: str) -> object:
     return _read(pytester)
 
 
+ONE_WORKER_TEST = """
+@pytest.mark.ipc_race(runs=1{marker})
+def test_probe(ipc_workers, ipc_context, ipc_start_method):
+    ipc_workers.start({start})
+    with open("out.json", "w") as f:
+        json.dump(ipc_workers.join()[0], f)
+"""
+
+
+def _one_worker(pytester: pytest.Pytester, method: str, start: str, marker: str = "") -> object:
+    """One run of one worker, ``ipc_workers.start(<start>)`` under ``method``: what it returned."""
+    return _probe(pytester, method, ONE_WORKER_TEST.format(start=start, marker=marker))
+
+
 # -- the stream ----------------------------------------------------------------
 
 
@@ -372,18 +408,20 @@ def test_choices(ipc_workers):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_workers_other_threads_leave_its_stream_alone(pytester: pytest.Pytester, method: str) -> None:
     """A Queue's feeder thread draws from a stream of its own: the worker's sequence replays whatever the threads do."""
-    found = _probe(
-        pytester,
-        method,
-        """
-@pytest.mark.ipc_race(runs=1, jitter="high")
-def test_feeder(ipc_workers, ipc_start_method):
-    ipc_workers.start(helpers.main_stream_drew_only_its_own, args=(ipc_start_method, 40))
-    with open("out.json", "w") as f:
-        json.dump(ipc_workers.join(), f)
-""",
+    found = _one_worker(
+        pytester, method, "helpers.main_stream_drew_only_its_own, args=(ipc_start_method, 40)", ', jitter="high"'
     )
-    assert found == [True]
+    assert found is True
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_queues_feeder_thread_sleeps_before_its_first_write(pytester: pytest.Pytester, method: str) -> None:
+    """The feeder thread of a Queue made in a worker sleeps THREAD_START_SLEEP as it starts, not holding the write lock."""
+    waits = _one_worker(pytester, method, "helpers.feeder_waits, args=(ipc_start_method,)")
+    # One item, then close(): after the start sleep, the feeder passes one
+    # point, before its one write, where the stream may or may not act.
+    assert waits[0] == [_amplify.THREAD_START_SLEEP, True]  # type: ignore[index]
+    assert len(waits) <= 2  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -423,6 +461,26 @@ def test_each_other_thread_has_a_stream_of_its_own() -> None:
         expected.append(derived.rng.getstate())
     assert states == expected
 
+
+
+def test_a_threads_first_point_sleeps_and_only_that_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even where no point acts (p = 0), another thread sleeps THREAD_START_SLEEP at its first point."""
+    waits: list[tuple[str, float]] = []
+    monkeypatch.setattr(_amplify.Amplifier, "wait", lambda self, choice: waits.append((self.key, choice)))
+
+    def elsewhere() -> None:
+        for _ in range(30):
+            _amplify.point()
+
+    with _amplified() as amp:
+        for _ in range(30):
+            _amplify.point()
+        for _ in range(2):
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            thread.join()
+    sleep = _amplify.THREAD_START_SLEEP
+    assert waits == [(f"{amp.key}:thread1", sleep), (f"{amp.key}:thread2", sleep)]
 
 # -- code points: the worker's own instructions -------------------------------------
 
@@ -744,17 +802,11 @@ def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_points_under_a_values_own_lock_draw_but_stay_quiet(pytester: pytest.Pytester, method: str) -> None:
     """Under ``with v.get_lock()`` the read and write of ``v`` wait nowhere; under another lock, or its own, they do."""
-    counts = _probe(
+    counts = _one_worker(
         pytester,
         method,
-        """
-@pytest.mark.ipc_race(runs=1)
-def test_probe(ipc_workers, ipc_context, ipc_start_method):
-    v, a, other = ipc_context.Value("i", 0), ipc_context.Array("i", 3), ipc_context.Value("i", 0)
-    ipc_workers.start(helpers.quiet_points, args=(ipc_start_method, v, a, other))
-    with open("out.json", "w") as f:
-        json.dump(ipc_workers.join()[0], f)
-""",
+        "helpers.quiet_points, args=(ipc_start_method, ipc_context.Value('i', 0), ipc_context.Array('i', 3), "
+        "ipc_context.Value('i', 0))",
     )
     # Unguarded, every point acts: at least one after the read and one before the write.
     for name in ("incr", "array_incr", "own_incr"):
@@ -780,17 +832,12 @@ CODE_POINT_STORES = 200
 @pytest.mark.parametrize("method", METHODS)
 def test_code_points_act_less_under_a_shared_lock(pytester: pytest.Pytester, method: str) -> None:
     """Under a lock other workers share, code points act at a quarter of the rate; under the worker's own, or a Semaphore, at all of it."""
-    counts = _probe(
+    counts = _one_worker(
         pytester,
         method,
-        f"""
-@pytest.mark.ipc_race(runs=1, jitter="high")  # code points on every Python
-def test_probe(ipc_workers, ipc_context, ipc_start_method):
-    ipc_workers.start(helpers.code_point_counts,
-                      args=(ipc_start_method, ipc_context.Lock(), ipc_context.Semaphore(3), {CODE_POINT_STORES}))
-    with open("out.json", "w") as f:
-        json.dump(ipc_workers.join()[0], f)
-""",
+        "helpers.code_point_counts, "
+        f"args=(ipc_start_method, ipc_context.Lock(), ipc_context.Semaphore(3), {CODE_POINT_STORES})",
+        ', jitter="high"',  # code points on every Python
     )
     n = CODE_POINT_STORES
     shared_draws, shared_waits = counts["shared"]  # type: ignore[index]
@@ -803,17 +850,7 @@ def test_probe(ipc_workers, ipc_context, ipc_start_method):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_worker_tells_the_locks_it_is_given_from_those_it_makes(pytester: pytest.Pytester, method: str) -> None:
     """Inherited (fork) or unpickled (spawn, forkserver) locks count as shared; those a worker makes do not."""
-    found = _probe(
-        pytester,
-        method,
-        """
-@pytest.mark.ipc_race(runs=1)
-def test_probe(ipc_workers, ipc_context, ipc_start_method):
-    ipc_workers.start(helpers.lock_kinds, args=(ipc_start_method, ipc_context.Lock()))
-    with open("out.json", "w") as f:
-        json.dump(ipc_workers.join()[0], f)
-""",
-    )
+    found = _one_worker(pytester, method, "helpers.lock_kinds, args=(ipc_start_method, ipc_context.Lock())")
     # A module-level lock is the test process's under fork (its workers share
     # it); a spawn or forkserver worker makes its own as it imports the module.
     assert found == [True, False, method == "fork"]
