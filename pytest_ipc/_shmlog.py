@@ -11,9 +11,12 @@ file, and a noted segment still in /dev/shm is a leak of that test.
 
 Reach: processes forked from the test process while it runs inherit the
 patch, and so do their own fork children; ``ipc_workers``' spawn and
-forkserver workers install it from their spec (:func:`follow`).  A process
-that the code under test starts itself with spawn or forkserver is not
-reached: the resource tracker still warns about its leak when it exits.
+forkserver workers install it from their spec (:func:`follow`).  A
+``Process`` with a ``target`` that the code under test starts itself, from
+the test process or from a worker, carries its target wrapped in a
+:class:`Followed`, which installs it in a spawn or forkserver child before
+the target runs.  A ``Process`` subclass that overrides ``run`` is reached
+under fork only.
 
 No pytest here: workers import this module.
 """
@@ -91,8 +94,61 @@ def _note(name: str) -> None:
         pass
 
 
+class Followed:
+    """A ``Process`` target that notes, in its own process, the segments it creates."""
+
+    def __init__(self, target: Callable[..., Any], path: str, owner: int) -> None:
+        self.target = target
+        self.path = path
+        self.owner = owner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _path is None:  # spawn, forkserver: a process of its own; fork: patched already
+            follow(self.path, self.owner)
+        return self.target(*args, **kwargs)
+
+
+def _patch_start() -> None:
+    """Wrap the target of every ``Process`` started while a test runs (once per process).
+
+    The patch stays: outside a test it passes every target through as it is.
+    It is marked with an attribute of its own, not ``__wrapped__``, so that
+    race amplification, which wraps ``start`` too, still patches over it.
+    """
+    from multiprocessing import process
+
+    original = process.BaseProcess.start
+    if any(getattr(f, "_ipc_shmlog", False) for f in _wrapped_chain(original)):
+        return
+
+    def start(self: Any) -> Any:
+        target = getattr(self, "_target", None)
+        if (
+            _path is not None
+            and target is not None
+            and not isinstance(target, Followed)
+            # ipc_workers' own workers follow from their spec.
+            and getattr(target, "__module__", None) != "pytest_ipc._child"
+        ):
+            self._target = Followed(target, _path, _owner)
+        return original(self)
+
+    start._ipc_shmlog = True  # type: ignore[attr-defined]
+    process.BaseProcess.start = start  # type: ignore[method-assign]
+
+
+def _wrapped_chain(func: Any) -> list[Any]:
+    """``func`` and the functions it wraps, by ``__wrapped__``."""
+    chain = []
+    while func is not None and len(chain) < 10:
+        chain.append(func)
+        func = getattr(func, "__wrapped__", None)
+    return chain
+
+
 def _patch() -> None:
     global _original_init
+    _patch_start()
     if _original_init is not None:
         return
     from multiprocessing import shared_memory

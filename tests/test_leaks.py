@@ -60,6 +60,23 @@ def tracker_of_new_segment():
     return resource_tracker._resource_tracker._pid
 
 
+def make_segment_amplified():
+    """Leak a segment, and say whether amplification is on in this process."""
+    from pytest_ipc import _amplify
+
+    with open("amplified.txt", "a") as f:
+        f.write(str(_amplify.is_active()))
+    make_segment(False)
+
+
+def start_and_join(method, target, *args):
+    import multiprocessing
+
+    p = multiprocessing.get_context(method).Process(target=target, args=args)
+    p.start()
+    p.join()
+
+
 def attach(name):
     from multiprocessing import shared_memory
 
@@ -182,6 +199,64 @@ def test_each_leak_fails_its_test_naming_it(pytester: pytest.Pytester, inner, me
     result.stdout.fnmatch_lines(["*test_pipe_never_closed left 2 thing(s) behind*"])
     # The reports are the plugin's message, not a traceback from inside it.
     result.stdout.no_fnmatch_line("*pytest_ipc/leaks.py*")
+
+
+# A process the test starts itself, not through ipc_workers, under the test's
+# start method; and one that an ipc_workers worker starts under the same.
+OWN_PROCESSES = '''
+import pytest
+
+import helpers
+
+
+def test_own_process_never_unlinked(ipc_context):
+    p = ipc_context.Process(target=helpers.make_segment, args=(False,))
+    p.start()
+    p.join()
+
+
+def test_workers_process_never_unlinked(ipc_workers, ipc_start_method):
+    ipc_workers.start(helpers.start_and_join, args=(ipc_start_method, helpers.make_segment, False))
+    ipc_workers.join()
+
+
+def test_pool_worker_never_unlinked(ipc_context):
+    with ipc_context.Pool(1) as pool:
+        pool.apply(helpers.make_segment, (False,))
+    pool.join()
+
+
+def test_own_process_unlinks(ipc_context):
+    p = ipc_context.Process(target=helpers.make_segment, args=(True,))
+    p.start()
+    p.join()
+
+
+@pytest.mark.ipc_race(runs=2)  # amplification wraps the target too
+def test_amplified_own_process_never_unlinked(ipc_context):
+    p = ipc_context.Process(target=helpers.make_segment_amplified)
+    p.start()
+    p.join()
+'''
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_segments_of_processes_the_code_under_test_starts_are_seen(
+    pytester: pytest.Pytester, inner, method: str
+) -> None:
+    """A segment leaked by a process the test or a worker starts itself (a Pool's too) is that test's leak."""
+    pytester.makepyfile(test_own=OWN_PROCESSES)
+    result = inner(f"--ipc-start-method={method}")
+    result.assert_outcomes(passed=4, errors=3, failed=1)
+    result.stdout.fnmatch_lines_random([
+        "test_own.py::test_own_process_never_unlinked left 1 thing(s) behind*",
+        "test_own.py::test_pool_worker_never_unlinked left 1 thing(s) behind*",
+        "test_own.py::test_workers_process_never_unlinked left 1 thing(s) behind*",
+        "*RunsFailed: failed in 2 of 2 runs*",
+        "*failed (LeakError in teardown)*",
+    ])
+    # The child of the ipc_race test was amplified as well as followed.
+    assert (pytester.path / "amplified.txt").read_text() == "True" * 2
 
 
 # Correct code must never be reported (the check must not cry wolf).
