@@ -153,11 +153,11 @@ def pong(conn: Any, rounds: int) -> None:
 # -- scenarios ------------------------------------------------------------------
 
 
-def _counter(ctx: Any, launch: Any, target: Callable[..., None]) -> tuple[Any, Any]:
-    v = ctx.Value("i", 0)
-    launch.start(target, args=(v, INCREMENTS), count=WORKERS)
+def _counter(ctx: Any, launch: Any, target: Callable[..., None], v: Any = None, n: int = INCREMENTS) -> tuple[Any, Any]:
+    v = ctx.Value("i", 0) if v is None else v
+    launch.start(target, args=(v, n), count=WORKERS)
     launch.join()
-    return v.value, WORKERS * INCREMENTS
+    return v.value, WORKERS * n
 
 
 def _shm_byte(launch: Any, target: Callable[..., None], *shared: Any) -> tuple[Any, Any]:
@@ -174,6 +174,15 @@ def _shm_byte(launch: Any, target: Callable[..., None], *shared: Any) -> tuple[A
 
 def counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
     return _counter(ctx, launch, inc_value)
+
+
+def raw_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    # No lock and no Python-level hook: only code points reach its += .
+    return _counter(ctx, launch, inc_value, ctx.RawValue("i", 0))
+
+
+def manager_value(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _counter(ctx, launch, inc_value, env["manager"].Value("i", 0), MANAGER_INCREMENTS)
 
 
 def locked_counter(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
@@ -265,6 +274,8 @@ RACY: dict[str, Callable[..., tuple[Any, Any]]] = {
     "unlocked Value counter": counter,
     "unlocked Array element": array_element,
     "Manager dict +=": manager_dict,
+    "unlocked RawValue counter": raw_counter,
+    "Manager Value +=": manager_value,
     "queue consumer stops at empty()": queue_empty,
     "unlocked SharedMemory byte": shm_byte,
     # The wrong lock: one that each worker makes for itself, and two shared
@@ -289,6 +300,8 @@ EXPECTED: dict[str, Any] = {
     "unlocked Value counter": WORKERS * INCREMENTS,
     "unlocked Array element": WORKERS * INCREMENTS,
     "Manager dict +=": WORKERS * MANAGER_INCREMENTS,
+    "unlocked RawValue counter": WORKERS * INCREMENTS,
+    "Manager Value +=": WORKERS * MANAGER_INCREMENTS,
     "queue consumer stops at empty()": QUEUE_ITEMS,
     "unlocked SharedMemory byte": WORKERS * SHM_INCREMENTS,
     "counter under a lock of its own": WORKERS * INCREMENTS,
