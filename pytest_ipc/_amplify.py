@@ -65,6 +65,8 @@ from multiprocessing import connection, managers, process, queues, sharedctypes,
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable, Iterable, Iterator
 
+from pytest_ipc._shmlog import take_names
+
 # The longest sleep at a preemption point.  Long enough for another worker
 # on the other core to get through a critical section, short enough that a
 # race-free scenario keeps its speed.
@@ -185,7 +187,8 @@ def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None
     that would only hold up other workers: this one holds the lock they would
     need to get anywhere that matters.  The choice is drawn all the same, so a
     seed gives the same sequence either way.  The first point of a worker's
-    other thread sleeps at least ``THREAD_START_SLEEP`` (see _thread_start()).
+    other thread sleeps at least ``THREAD_START_SLEEP`` (see _thread_start()),
+    unless guarded.
     """
     amp = _stream()
     if amp is None:
@@ -597,6 +600,8 @@ def _reachable(uses: Iterable[Any]) -> Iterator[Any]:
             yield obj.func
             yield from obj.args[:_REACH_LIMIT]
             yield from list(obj.keywords.values())[:_REACH_LIMIT]
+        elif getattr(kind, "_ipc_wraps", False):  # the leak check's wrapper (_shmlog.Followed)
+            yield from _reachable((obj.target,))
         elif kind is FunctionType:
             for cell in obj.__closure__ or ():
                 try:
@@ -641,22 +646,32 @@ def is_active() -> bool:
 class Amplified:
     """A ``Process`` target that switches amplification on in its own process first."""
 
+    _ipc_wraps = True  # its target is in ``target`` (see _reachable)
+
     def __init__(self, target: Callable[..., Any], seed: int, index: int, p: float) -> None:
         self.target = target
         self.seed = seed
         self.index = index
         self.p = p
+        if target is not None:
+            take_names(self, target)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The target travels as state, unpickled after _unpickled() has run:
         # the patches are in before its module is imported (see _shared).
-        return (_unpickled, (self.seed, self.index, self.p), {"target": self.target})
+        state = {k: v for k, v in self.__dict__.items() if k not in ("seed", "index", "p")}
+        return (_unpickled, (self.seed, self.index, self.p), state)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Its own children get seeds of their own, derived from its stream's key.
         seed = int(random.Random(f"{self.seed}:{self.index}").getrandbits(32))
         activate(seed, self.index, self.p, (self.target, *args, *kwargs.values()))
-        return self.target(*args, **kwargs)
+        try:
+            return self.target(*args, **kwargs)
+        finally:
+            # What runs after the target (multiprocessing's exit handlers, a
+            # spawn child's interpreter shutdown) is not the code under test.
+            stop_code_points()
 
 
 # ``guarded``, where given, is asked about the method's ``self``: see point().

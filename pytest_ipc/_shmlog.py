@@ -94,13 +94,29 @@ def _note(name: str) -> None:
         pass
 
 
+def take_names(wrapper: Any, target: Any) -> None:
+    """Give ``wrapper`` the name and docstring of the ``Process`` target it wraps.
+
+    Code that looks at a process's ``_target`` (a ``run`` override that logs
+    its name) then sees what it would see without pytest-ipc.
+    """
+    for attr in ("__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(wrapper, attr, getattr(target, attr))
+        except AttributeError:
+            pass
+
+
 class Followed:
     """A ``Process`` target that notes, in its own process, the segments it creates."""
+
+    _ipc_wraps = True  # its target is in ``target`` (see _amplify._reachable)
 
     def __init__(self, target: Callable[..., Any], path: str, owner: int) -> None:
         self.target = target
         self.path = path
         self.owner = owner
+        take_names(self, target)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _path is None:  # spawn, forkserver: a process of its own; fork: patched already

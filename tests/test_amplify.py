@@ -188,6 +188,23 @@ def code_points_on(*given):
     return _amplify._code_points is not None
 
 
+def report_code_points(flag, *given):
+    flag.value = 1 if _amplify._code_points is not None else 0
+
+
+def childs_code_points(method):
+    """Are code points on in a child this worker starts with a partial that holds a RawValue?"""
+    import functools
+    from multiprocessing import sharedctypes
+
+    ctx = multiprocessing.get_context(method)
+    flag = ctx.Value("i", -1)
+    child = ctx.Process(target=functools.partial(report_code_points, flag, sharedctypes.RawValue("i", 0)))
+    child.start()
+    child.join(60)
+    return flag.value
+
+
 MODULE_LOCK = multiprocessing.Lock()  # made wherever this module is imported
 
 
@@ -794,6 +811,13 @@ def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
     assert first != draws(_amplify.CodePoints(5, 3, 0.25).amp)
     assert first != draws(_amplify.Amplifier(5, 2, 0.25))
     assert any(c is not None for c in first)
+
+
+@NEEDS_CODE_POINTS
+@pytest.mark.parametrize("method", METHODS)
+def test_a_workers_child_gets_code_points_for_what_its_target_holds(pytester: pytest.Pytester, method: str) -> None:
+    """A child's partial holding a RawValue switches its code points on, through the leak check's wrapper too."""
+    assert _one_worker(pytester, method, "helpers.childs_code_points, args=(ipc_start_method,)") == 1
 
 
 # -- points that stay quiet inside a critical section ----------------------------

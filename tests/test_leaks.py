@@ -21,6 +21,7 @@ METHODS = ["fork", "spawn", "forkserver"]
 # spawn children fast.
 HELPERS = '''
 import json
+import multiprocessing.context
 import os
 import time
 
@@ -67,6 +68,30 @@ def make_segment_amplified():
     with open("amplified.txt", "a") as f:
         f.write(str(_amplify.is_active()))
     make_segment(False)
+
+
+class NeedsTargetName:
+    """A Process whose run() needs its target's name, as a logging subclass might."""
+
+    def run(self):
+        if self._target.__name__ != "quick":
+            raise SystemExit(3)
+        super().run()
+
+
+class NamedFork(NeedsTargetName, multiprocessing.context.ForkProcess):
+    pass
+
+
+class NamedSpawn(NeedsTargetName, multiprocessing.context.SpawnProcess):
+    pass
+
+
+class NamedForkserver(NeedsTargetName, multiprocessing.context.ForkServerProcess):
+    pass
+
+
+NAMED = {"fork": NamedFork, "spawn": NamedSpawn, "forkserver": NamedForkserver}
 
 
 def start_and_join(method, target, *args):
@@ -226,6 +251,13 @@ def test_pool_worker_never_unlinked(ipc_context):
     pool.join()
 
 
+def test_a_targets_name_is_kept(ipc_context):
+    p = helpers.NAMED[ipc_context.get_start_method()](target=helpers.quick)
+    p.start()
+    p.join()
+    assert p.exitcode == 0  # 3: the child saw another name
+
+
 def test_own_process_unlinks(ipc_context):
     p = ipc_context.Process(target=helpers.make_segment, args=(True,))
     p.start()
@@ -247,7 +279,7 @@ def test_segments_of_processes_the_code_under_test_starts_are_seen(
     """A segment leaked by a process the test or a worker starts itself (a Pool's too) is that test's leak."""
     pytester.makepyfile(test_own=OWN_PROCESSES)
     result = inner(f"--ipc-start-method={method}")
-    result.assert_outcomes(passed=4, errors=3, failed=1)
+    result.assert_outcomes(passed=5, errors=3, failed=1)
     result.stdout.fnmatch_lines_random([
         "test_own.py::test_own_process_never_unlinked left 1 thing(s) behind*",
         "test_own.py::test_pool_worker_never_unlinked left 1 thing(s) behind*",
