@@ -24,10 +24,10 @@ cost.
 
 The choices come from a ``random.Random`` seeded with the run's seed and the
 worker's index (and, in the worker's other threads, the order in which they
-first passed a point): the
-same ``--ipc-seed`` gives every worker the same sequence of choices (the
-operating system's scheduling still varies).  A point only
-ever yields or sleeps, so correct code behaves exactly as without it.
+first passed a point): the same ``--ipc-seed`` gives every worker the same
+sequence of choices (the operating system's scheduling still varies).  A
+point only ever yields or sleeps, so correct code behaves exactly as
+without it.
 
 The patches are made on the classes, so they reach objects that the code
 under test creates itself as well as the fixtures' objects.  Processes that
