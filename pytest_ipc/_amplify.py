@@ -141,6 +141,13 @@ class Amplifier:
             return rng.random() * MAX_SLEEP
         return 0.0
 
+    def starting(self) -> bool:
+        """Whether this is a thread's first point: True once for a fresh stream."""
+        if not self.fresh:
+            return False
+        self.fresh = False
+        return True
+
     def act(self) -> None:
         """Do what the next choice says."""
         choice = self.choose()
@@ -196,8 +203,7 @@ def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None
     if amp is None:
         return
     choice = amp.choose()
-    if amp.fresh:
-        amp.fresh = False
+    if amp.starting():
         choice = max(choice or 0.0, THREAD_START_SLEEP)
     if choice is None or (guarded is not None and guarded(obj)):
         return
@@ -212,8 +218,7 @@ def _thread_start() -> None:
     every producer's feeder takes, through the sleep.
     """
     amp = _stream()
-    if amp is not None and amp.fresh:
-        amp.fresh = False
+    if amp is not None and amp.starting():
         amp.wait(THREAD_START_SLEEP)
 
 
