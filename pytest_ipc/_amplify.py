@@ -34,8 +34,8 @@ under test creates itself as well as the fixtures' objects.  Processes that
 the code in a worker starts with ``multiprocessing`` get amplification too:
 their target is wrapped so that it switches it on in the child with a seed of
 its own (this works under fork, spawn and forkserver, for any ``Process``
-with a ``target``; a ``Process`` subclass that overrides ``run`` is reached
-under fork only, through the inherited patches).  ``RawValue``/``RawArray``
+with a ``target``, and for a ``Process`` subclass that overrides ``run``,
+whose ``run`` is wrapped instead).  ``RawValue``/``RawArray``
 and plain ``ctypes`` objects have no Python-level hook of their own, and
 ``SharedMemory`` has one only where ``.buf`` is fetched: the code points
 above are what reach their reads and writes (from 3.12 at any level; before
@@ -67,7 +67,7 @@ from multiprocessing import connection, managers, process, queues, sharedctypes,
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable, Iterable, Iterator
 
-from pytest_ipc._shmlog import take_names
+from pytest_ipc._shmlog import RunOf, take_names, wrap_work
 
 # The longest sleep at a preemption point.  Long enough for another worker
 # on the other core to get through a critical section, short enough that a
@@ -609,6 +609,8 @@ def _reachable(uses: Iterable[Any]) -> Iterator[Any]:
             yield from list(obj.keywords.values())[:_REACH_LIMIT]
         elif getattr(kind, "_ipc_wraps", False):  # the leak check's wrapper (_shmlog.Followed)
             yield from _reachable((obj.target,))
+        elif kind is RunOf:  # a Process subclass's own run: what the process holds
+            yield from [v for k, v in vars(obj.proc).items() if k != "run"][:_REACH_LIMIT]
         elif kind is FunctionType:
             for cell in obj.__closure__ or ():
                 try:
@@ -796,21 +798,28 @@ def _patch_property(
 
 def _start(original: Callable[..., Any]) -> Callable[..., Any]:
     def start(self: Any) -> Any:
-        global _children
-        target = getattr(self, "_target", None)
-        if (
-            _child_p > 0
-            and target is not None
-            and not isinstance(target, Amplified)
-            # ipc_workers' own workers switch it on themselves, with their index.
-            and getattr(target, "__module__", None) != "pytest_ipc._child"
-        ):
-            _children += 1
-            self._target = Amplified(target, _seed, _children, _child_p)
-        return original(self)
+        run_wrapped = _child_p > 0 and wrap_work(self, Amplified, _amplified)
+        try:
+            return original(self)
+        finally:
+            if run_wrapped:
+                self.__dict__.pop("run", None)
 
     start.__wrapped__ = original  # type: ignore[attr-defined]
     return start
+
+
+def _amplified(work: Callable[..., Any]) -> Amplified:
+    """``work`` of the next child this process starts, switching amplification on first.
+
+    For a ``Process`` subclass's own ``run``, a spawn or forkserver child
+    imports the subclass's module as it unpickles the process, before the
+    wrapper installs the patches: a ``Lock`` made at that module's import
+    then counts as shared (see _shared()).
+    """
+    global _children
+    _children += 1
+    return Amplified(work, _seed, _children, _child_p)
 
 
 def install() -> None:

@@ -15,8 +15,8 @@ forkserver workers install it from their spec (:func:`follow`).  A
 ``Process`` with a ``target`` that the code under test starts itself, from
 the test process or from a worker, carries its target wrapped in a
 :class:`Followed`, which installs it in a spawn or forkserver child before
-the target runs.  A ``Process`` subclass that overrides ``run`` is reached
-under fork only.
+the target runs; a ``Process`` subclass that overrides ``run`` carries its
+``run`` wrapped the same way (:func:`wrap_work`).
 
 No pytest here: workers import this module.
 """
@@ -24,6 +24,7 @@ No pytest here: workers import this module.
 from __future__ import annotations
 
 import os
+from multiprocessing import process
 from typing import Any, Callable
 
 _path: str | None = None
@@ -107,6 +108,46 @@ def take_names(wrapper: Any, target: Any) -> None:
             pass
 
 
+def wrap_work(proc: Any, kind: type, make: Callable[[Callable[..., Any]], Any]) -> bool:
+    """Have ``proc``, about to start, do its work through ``make(work)``.
+
+    A ``Process`` runs ``run()``, which calls its ``target``: the target is
+    wrapped, or where a subclass overrides ``run``, ``run`` itself, as an
+    instance attribute that travels with the process object to a spawn or
+    forkserver child.  Nothing is wrapped twice in ``kind``, nor
+    ``ipc_workers``' own workers (they follow from their spec).  Returns
+    True when ``run`` was wrapped: the caller takes the attribute off again
+    once the process has started, so that the parent's object is as it was.
+    """
+    if type(proc).run is process.BaseProcess.run:
+        target = getattr(proc, "_target", None)
+        if target is None or isinstance(target, kind) or getattr(target, "__module__", None) == "pytest_ipc._child":
+            return False
+        proc._target = make(target)
+        return False
+    current = proc.__dict__.get("run")
+    if isinstance(current, kind):
+        return False
+    proc.run = make(current if current is not None else RunOf(proc))
+    return True
+
+
+class RunOf:
+    """The ``run`` a ``Process`` subclass defines, bound to the process.
+
+    Pickled with the process (as its ``run`` attribute's target), the process
+    is found in the pickle's memo and comes back as the very object being
+    unpickled.
+    """
+
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+        take_names(self, type(proc).run)
+
+    def __call__(self) -> Any:
+        return type(self.proc).run(self.proc)
+
+
 class Followed:
     """A ``Process`` target that notes, in its own process, the segments it creates."""
 
@@ -131,23 +172,18 @@ def _patch_start() -> None:
     It is marked with an attribute of its own, not ``__wrapped__``, so that
     race amplification, which wraps ``start`` too, still patches over it.
     """
-    from multiprocessing import process
-
     original = process.BaseProcess.start
     if any(getattr(f, "_ipc_shmlog", False) for f in _wrapped_chain(original)):
         return
 
     def start(self: Any) -> Any:
-        target = getattr(self, "_target", None)
-        if (
-            _path is not None
-            and target is not None
-            and not isinstance(target, Followed)
-            # ipc_workers' own workers follow from their spec.
-            and getattr(target, "__module__", None) != "pytest_ipc._child"
-        ):
-            self._target = Followed(target, _path, _owner)
-        return original(self)
+        path, owner = _path, _owner
+        run_wrapped = path is not None and wrap_work(self, Followed, lambda work: Followed(work, path, owner))
+        try:
+            return original(self)
+        finally:
+            if run_wrapped:
+                self.__dict__.pop("run", None)
 
     start._ipc_shmlog = True  # type: ignore[attr-defined]
     process.BaseProcess.start = start  # type: ignore[method-assign]

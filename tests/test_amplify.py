@@ -205,6 +205,42 @@ def childs_code_points(method):
     return flag.value
 
 
+class HoldsRaw:
+    """A Process subclass that keeps what it shares in attributes and works in run()."""
+
+    def __init__(self, flag, raw):
+        super().__init__()
+        self.flag = flag
+        self.raw = raw
+
+    def run(self):
+        report_code_points(self.flag)
+
+
+class HoldsRawFork(HoldsRaw, multiprocessing.context.ForkProcess):
+    pass
+
+
+class HoldsRawSpawn(HoldsRaw, multiprocessing.context.SpawnProcess):
+    pass
+
+
+class HoldsRawForkserver(HoldsRaw, multiprocessing.context.ForkServerProcess):
+    pass
+
+
+def subclass_code_points(method):
+    """Are code points on in a child of a Process subclass that holds a RawValue?"""
+    from multiprocessing import sharedctypes
+
+    flag = multiprocessing.get_context(method).Value("i", -1)
+    kind = {"fork": HoldsRawFork, "spawn": HoldsRawSpawn, "forkserver": HoldsRawForkserver}[method]
+    child = kind(flag, sharedctypes.RawValue("i", 0))
+    child.start()
+    child.join(60)
+    return flag.value
+
+
 MODULE_LOCK = multiprocessing.Lock()  # made wherever this module is imported
 
 
@@ -818,6 +854,13 @@ def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
 def test_a_workers_child_gets_code_points_for_what_its_target_holds(pytester: pytest.Pytester, method: str) -> None:
     """A child's partial holding a RawValue switches its code points on, through the leak check's wrapper too."""
     assert _one_worker(pytester, method, "helpers.childs_code_points, args=(ipc_start_method,)") == 1
+
+
+@NEEDS_CODE_POINTS
+@pytest.mark.parametrize("method", METHODS)
+def test_a_process_subclass_gets_code_points_for_what_it_holds(pytester: pytest.Pytester, method: str) -> None:
+    """A Process subclass that overrides run() is amplified in its child, and its attributes are looked at."""
+    assert _one_worker(pytester, method, "helpers.subclass_code_points, args=(ipc_start_method,)") == 1
 
 
 # -- points that stay quiet inside a critical section ----------------------------

@@ -61,13 +61,39 @@ def tracker_of_new_segment():
     return resource_tracker._resource_tracker._pid
 
 
-def make_segment_amplified():
-    """Leak a segment, and say whether amplification is on in this process."""
+def make_segment_amplified(record="amplified.txt"):
+    """Leak a segment, and say in ``record`` whether amplification is on in this process."""
     from pytest_ipc import _amplify
 
-    with open("amplified.txt", "a") as f:
+    with open(record, "a") as f:
         f.write(str(_amplify.is_active()))
     make_segment(False)
+
+
+class WorkInRun:
+    """A Process subclass that does its work in run(), as many tutorials write one."""
+
+    def __init__(self, record):
+        super().__init__()
+        self.record = record
+
+    def run(self):
+        make_segment_amplified(self.record)
+
+
+class WorkInRunFork(WorkInRun, multiprocessing.context.ForkProcess):
+    pass
+
+
+class WorkInRunSpawn(WorkInRun, multiprocessing.context.SpawnProcess):
+    pass
+
+
+class WorkInRunForkserver(WorkInRun, multiprocessing.context.ForkServerProcess):
+    pass
+
+
+WORK_IN_RUN = {"fork": WorkInRunFork, "spawn": WorkInRunSpawn, "forkserver": WorkInRunForkserver}
 
 
 class NeedsTargetName:
@@ -269,6 +295,21 @@ def test_amplified_own_process_never_unlinked(ipc_context):
     p = ipc_context.Process(target=helpers.make_segment_amplified)
     p.start()
     p.join()
+
+
+def test_subclass_never_unlinked(ipc_context):
+    p = helpers.WORK_IN_RUN[ipc_context.get_start_method()]("subclass.txt")
+    p.start()
+    assert "run" not in vars(p)  # the wrapper went with the child only
+    p.join()
+
+
+@pytest.mark.ipc_race(runs=2)  # and a subclass's run
+def test_amplified_subclass_never_unlinked(ipc_context):
+    p = helpers.WORK_IN_RUN[ipc_context.get_start_method()]("subclass_amplified.txt")
+    p.start()
+    assert "run" not in vars(p)
+    p.join()
 '''
 
 
@@ -276,19 +317,29 @@ def test_amplified_own_process_never_unlinked(ipc_context):
 def test_segments_of_processes_the_code_under_test_starts_are_seen(
     pytester: pytest.Pytester, inner, method: str
 ) -> None:
-    """A segment leaked by a process the test or a worker starts itself (a Pool's too) is that test's leak."""
+    """A segment leaked by a process the test or a worker starts itself (a Pool's too) is that test's leak.
+
+    So is one leaked by a ``Process`` subclass that does its work in an
+    overridden ``run``, whatever the start method.
+    """
     pytester.makepyfile(test_own=OWN_PROCESSES)
     result = inner(f"--ipc-start-method={method}")
-    result.assert_outcomes(passed=5, errors=3, failed=1)
+    result.assert_outcomes(passed=6, errors=4, failed=2)
     result.stdout.fnmatch_lines_random([
         "test_own.py::test_own_process_never_unlinked left 1 thing(s) behind*",
         "test_own.py::test_pool_worker_never_unlinked left 1 thing(s) behind*",
         "test_own.py::test_workers_process_never_unlinked left 1 thing(s) behind*",
+        "test_own.py::test_subclass_never_unlinked left 1 thing(s) behind*",
         "*RunsFailed: failed in 2 of 2 runs*",
+        "FAILED test_own.py::test_amplified_own_process_never_unlinked*",
+        "FAILED test_own.py::test_amplified_subclass_never_unlinked*",
         "*failed (LeakError in teardown)*",
     ])
-    # The child of the ipc_race test was amplified as well as followed.
+    # The children of the ipc_race tests were amplified as well as followed;
+    # outside a race test, no process is.
     assert (pytester.path / "amplified.txt").read_text() == "True" * 2
+    assert (pytester.path / "subclass_amplified.txt").read_text() == "True" * 2
+    assert (pytester.path / "subclass.txt").read_text() == "False"
 
 
 # Correct code must never be reported (the check must not cry wolf).
