@@ -103,13 +103,32 @@ def ipc_context(request: pytest.FixtureRequest, ipc_start_method: str) -> Any:
         # Before any fixture makes its objects: a Queue binds its pipe's
         # methods when it is made, and fork children inherit them bound.
         _amplify.install()
-    ctx = multiprocessing.get_context(ipc_start_method)
     if ipc_start_method == "forkserver":
-        # Worker targets usually live in test modules, which import pytest.
-        # Preloading it in the fork server (before it starts; later calls are
-        # no-ops) saves every worker that import: ~10x faster starts.
-        ctx.set_forkserver_preload(["pytest", "pytest_ipc._child", "pytest_ipc._amplify"])
-    return ctx
+        preload_in_fork_server()  # again: the user's code may have set a list of its own since
+    return multiprocessing.get_context(ipc_start_method)
+
+
+# Worker targets usually live in test modules, which import pytest; every
+# worker needs the launcher and, in a race run, amplification (with the
+# multiprocessing modules it patches).  Imported once in the fork server, its
+# workers inherit them: ~10x faster starts than each importing them itself.
+FORK_SERVER_PRELOAD = ("pytest", "pytest_ipc._child", "pytest_ipc._amplify")
+
+
+def preload_in_fork_server() -> None:
+    """Add pytest-ipc's modules to the fork server's preload list, keeping the user's.
+
+    The list counts only when the fork server starts, which can be before
+    the first ``ipc_context`` (a session fixture's ``Manager``): the plugin
+    sets it as pytest configures, and ``ipc_context`` again.
+    """
+    from multiprocessing import forkserver
+
+    # The list is not public; without it, the default one.
+    current = list(getattr(getattr(forkserver, "_forkserver", None), "_preload_modules", None) or ["__main__"])
+    missing = [m for m in FORK_SERVER_PRELOAD if m not in current]
+    if missing:
+        forkserver.set_forkserver_preload(current + missing)
 
 
 def _value_args(request: pytest.FixtureRequest, default: tuple[Any, ...]) -> tuple[Any, Any, bool]:

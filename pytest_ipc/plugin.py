@@ -122,6 +122,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistHooks(), "pytest_ipc.xdist")
     if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
         config.pluginmanager.register(SigtermHooks(), "pytest_ipc.sigterm")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        fixtures_mod.preload_in_fork_server()  # before any fork server starts
 
 
 class XdistHooks:

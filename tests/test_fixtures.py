@@ -418,3 +418,62 @@ def test_timeout_comes_from_marker_option_or_ini(
     result = pytester.runpytest_subprocess("-s", "--ipc-start-method=fork", "-p", "no:cacheprovider", *args, timeout=90)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"*timeout: {session_timeout}", "*timeout: 1.0"])
+
+
+# A fork server can start before the first ipc_context: a session fixture's
+# Manager or Pool starts it.  It must still preload pytest-ipc's modules (else
+# every worker imports pytest and the launcher itself, ~10x slower starts),
+# and keep the modules the user asked it to preload.
+EARLY_FORK_SERVER = '''
+import multiprocessing
+import os
+
+IMPORTED_IN = os.getpid()
+
+
+def quick():
+    pass
+
+
+def preloaded():
+    """[pytest imported before the target's module was, this module imported by another process]."""
+    import sys
+
+    return ["pytest" in sys.modules, IMPORTED_IN != os.getpid()]
+'''
+
+# The conftest sets the user's own preload list as it is imported, before
+# pytest configures the plugins; its session fixture starts the fork server.
+EARLY_FORK_SERVER_CONFTEST = '''
+import multiprocessing
+
+import pytest
+
+import early
+
+multiprocessing.set_forkserver_preload(["early"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_server_started_first():
+    p = multiprocessing.get_context("forkserver").Process(target=early.quick)
+    p.start()
+    p.join()
+'''
+
+EARLY_FORK_SERVER_TEST = '''
+import early
+
+
+def test_worker(ipc_workers):
+    ipc_workers.start(early.preloaded)
+    assert ipc_workers.join() == [[True, True]]
+'''
+
+
+def test_a_fork_server_started_before_any_ipc_fixture_still_preloads(pytester: pytest.Pytester) -> None:
+    """pytest-ipc's preload modules are set as pytest configures, added to the user's."""
+    pytester.makepyfile(early=EARLY_FORK_SERVER, test_early=EARLY_FORK_SERVER_TEST)
+    pytester.makeconftest(EARLY_FORK_SERVER_CONFTEST)
+    result = pytester.runpytest_subprocess("--ipc-start-method=forkserver", timeout=60)
+    result.assert_outcomes(passed=1)
