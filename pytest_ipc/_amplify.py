@@ -67,7 +67,7 @@ from multiprocessing import connection, managers, process, queues, sharedctypes,
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable, Iterable, Iterator
 
-from pytest_ipc._shmlog import RunOf, take_names, wrap_work
+from pytest_ipc._shmlog import RunOf, restore_run, saved_run, take_names, wrap_work
 
 # The longest sleep at a preemption point.  Long enough for another worker
 # on the other core to get through a critical section, short enough that a
@@ -610,7 +610,7 @@ def _reachable(uses: Iterable[Any]) -> Iterator[Any]:
         elif getattr(kind, "_ipc_wraps", False):  # the leak check's wrapper (_shmlog.Followed)
             yield from _reachable((obj.target,))
         elif kind is RunOf:  # a Process subclass's own run: what the process holds
-            yield from [v for k, v in vars(obj.proc).items() if k != "run"][:_REACH_LIMIT]
+            yield from _reachable([v for k, v in vars(obj.proc).items() if k != "run"][:_REACH_LIMIT])
         elif kind is FunctionType:
             for cell in obj.__closure__ or ():
                 try:
@@ -798,12 +798,13 @@ def _patch_property(
 
 def _start(original: Callable[..., Any]) -> Callable[..., Any]:
     def start(self: Any) -> Any:
+        saved = saved_run(self)
         run_wrapped = _child_p > 0 and wrap_work(self, Amplified, _amplified)
         try:
             return original(self)
         finally:
             if run_wrapped:
-                self.__dict__.pop("run", None)
+                restore_run(self, saved)
 
     start.__wrapped__ = original  # type: ignore[attr-defined]
     return start

@@ -116,8 +116,10 @@ def wrap_work(proc: Any, kind: type, make: Callable[[Callable[..., Any]], Any]) 
     instance attribute that travels with the process object to a spawn or
     forkserver child.  Nothing is wrapped twice in ``kind``, nor
     ``ipc_workers``' own workers (they follow from their spec).  Returns
-    True when ``run`` was wrapped: the caller takes the attribute off again
-    once the process has started, so that the parent's object is as it was.
+    True when ``run`` was wrapped: the caller puts back what was there
+    (:func:`saved_run`, :func:`restore_run`) once the process has started,
+    so that the parent's object is as it was.  The attribute is written
+    into the instance's ``__dict__``, past a subclass's ``__setattr__``.
     """
     if type(proc).run is process.BaseProcess.run:
         target = getattr(proc, "_target", None)
@@ -128,24 +130,44 @@ def wrap_work(proc: Any, kind: type, make: Callable[[Callable[..., Any]], Any]) 
     current = proc.__dict__.get("run")
     if isinstance(current, kind):
         return False
-    proc.run = make(current if current is not None else RunOf(proc))
+    vars(proc)["run"] = make(current if current is not None else RunOf(type(proc).run))
     return True
 
 
-class RunOf:
-    """The ``run`` a ``Process`` subclass defines, bound to the process.
+_NO_RUN = object()
 
-    Pickled with the process (as its ``run`` attribute's target), the process
-    is found in the pickle's memo and comes back as the very object being
-    unpickled.
+
+def saved_run(proc: Any) -> Any:
+    """What ``proc``'s instance dict holds as ``run`` (usually nothing), for restore_run()."""
+    return vars(proc).get("run", _NO_RUN)
+
+
+def restore_run(proc: Any, saved: Any) -> None:
+    if saved is _NO_RUN:
+        vars(proc).pop("run", None)
+    else:
+        vars(proc)["run"] = saved
+
+
+class RunOf:
+    """The ``run`` a ``Process`` subclass defines, called as the process would.
+
+    It holds no reference to the process (a subclass's own ``__getstate__``
+    or ``__reduce__`` could not pickle one): in the child, ``_bootstrap``
+    has made the process the current one before it calls ``run``.
     """
 
-    def __init__(self, proc: Any) -> None:
-        self.proc = proc
-        take_names(self, type(proc).run)
+    def __init__(self, run: Any) -> None:
+        take_names(self, run)
+
+    @property
+    def proc(self) -> Any:
+        return process.current_process()
 
     def __call__(self) -> Any:
-        return type(self.proc).run(self.proc)
+        proc = process.current_process()
+        vars(proc).pop("run", None)  # the wrappers have done their part
+        return proc.run()
 
 
 class Followed:
@@ -178,12 +200,13 @@ def _patch_start() -> None:
 
     def start(self: Any) -> Any:
         path, owner = _path, _owner
+        saved = saved_run(self)
         run_wrapped = path is not None and wrap_work(self, Followed, lambda work: Followed(work, path, owner))
         try:
             return original(self)
         finally:
             if run_wrapped:
-                self.__dict__.pop("run", None)
+                restore_run(self, saved)
 
     start._ipc_shmlog = True  # type: ignore[attr-defined]
     process.BaseProcess.start = start  # type: ignore[method-assign]

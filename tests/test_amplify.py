@@ -211,7 +211,7 @@ class HoldsRaw:
     def __init__(self, flag, raw):
         super().__init__()
         self.flag = flag
-        self.raw = raw
+        self.raws = [raw]  # one level down, as a target's list argument would be
 
     def run(self):
         report_code_points(self.flag)

@@ -584,3 +584,141 @@ def test_fork_workers_share_the_test_processs_resource_tracker(pytester: pytest.
         """
     )
     inner("--ipc-start-method=fork").assert_outcomes(passed=1)
+
+
+# Process subclasses of unusual shapes: wrapping their run() must not change
+# what they do, in a race test (amplified) or not, under any start method.
+SHAPES = '''
+import copy
+import multiprocessing.context
+import os
+
+
+def ran(tag):
+    with open(os.environ["SHAPES_OUT"], "a") as f:
+        f.write(tag + "\\n")
+
+
+def _static():
+    ran("static")
+
+
+class StaticRun:
+    run = staticmethod(_static)
+
+
+class ClassRun:
+    @classmethod
+    def run(cls):
+        ran("classmethod")
+
+
+class DeepCopiedState:
+    def __getstate__(self):
+        return copy.deepcopy(self.__dict__)
+
+    def run(self):
+        ran("deepcopied state")
+
+
+def _rebuild(cls, state):
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
+
+
+class ReducedWithDict:
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.__dict__))
+
+    def run(self):
+        ran("reduced with dict")
+
+
+class Frozen:
+    def __init__(self):
+        super().__init__()
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False) and not name.startswith("_"):
+            raise AttributeError(f"frozen: {name}")
+        super().__setattr__(name, value)
+
+    def run(self):
+        ran("frozen")
+
+
+class OwnRunAttribute:
+    """Overrides run, and the test gives an instance its own run too."""
+
+    def run(self):
+        ran("class run")
+
+
+def own_run():
+    ran("own run")
+
+
+SHAPES = [StaticRun, ClassRun, DeepCopiedState, ReducedWithDict, Frozen, OwnRunAttribute]
+BASES = {
+    "fork": multiprocessing.context.ForkProcess,
+    "spawn": multiprocessing.context.SpawnProcess,
+    "forkserver": multiprocessing.context.ForkServerProcess,
+}
+# One class per shape and start method, module-level so that spawn can pickle them.
+for _shape in SHAPES:
+    for _method, _base in BASES.items():
+        _name = f"{_shape.__name__}_{_method}"
+        globals()[_name] = type(_name, (_shape, _base), {"__module__": __name__, "__qualname__": _name})
+'''
+
+SHAPES_TEST = '''
+import pytest
+
+import shapes
+
+NAMES = [s.__name__ for s in shapes.SHAPES]
+
+
+def start_and_join(name, method):
+    p = getattr(shapes, f"{name}_{method}")()
+    if name == "OwnRunAttribute":
+        vars(p)["run"] = shapes.own_run
+    p.start()
+    # The parent's object is as it was: no wrapper left, its own run kept.
+    assert vars(p).get("run") is (shapes.own_run if name == "OwnRunAttribute" else None)
+    p.join()
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape(name, ipc_context, ipc_start_method):
+    start_and_join(name, ipc_start_method)
+
+
+@pytest.mark.ipc_race(runs=2)
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_amplified(name, ipc_context, ipc_start_method):
+    start_and_join(name, ipc_start_method)
+'''
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_process_subclasses_of_every_shape_do_what_they_did(
+    pytester: pytest.Pytester, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staticmethod or classmethod run, a __getstate__/__reduce__ of its own, a frozen __setattr__, an own run."""
+    out = pytester.path / "ran.txt"
+    monkeypatch.setenv("SHAPES_OUT", str(out))
+    pytester.makepyfile(shapes=SHAPES, test_shapes=SHAPES_TEST)
+    result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=12)
+    # Each shape ran once in the plain test and once in each of the race test's runs.
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        counts[line] = counts.get(line, 0) + 1
+    assert counts == {
+        tag: 3
+        for tag in ("static", "classmethod", "deepcopied state", "reduced with dict", "frozen", "own run")
+    }
