@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Sequence
@@ -258,6 +259,29 @@ def _cause(worker: Worker) -> str | None:
     return text[len(worker.label()):].strip()
 
 
+def _start(proc: Any, method: str) -> list[warnings.WarningMessage]:
+    """``proc.start()``; under fork, what it warned, held back.
+
+    From Python 3.12 ``os.fork()`` warns in a process that runs other
+    threads, after the child exists.  A filter that turns that warning into
+    an error would raise it before the launcher knows the child, which would
+    then wait for the start barrier, unended; so it is raised again once the
+    child is a worker that the launcher ends.
+    """
+    if method != "fork":
+        proc.start()
+        return []
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        proc.start()
+    return warned
+
+
+def _warn_again(warned: list[warnings.WarningMessage]) -> None:
+    for w in warned:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 class IpcWorkers:
     """Starts worker processes from the test's ``multiprocessing`` context.
 
@@ -346,12 +370,16 @@ class IpcWorkers:
                 )
                 worker = Worker(wname, index, proc)
                 try:
-                    proc.start()
+                    warned = _start(proc, method)
                 except Exception as exc:
                     raise WorkerStartError(self._start_failure(worker, target, exc)) from None
                 worker.started_pid = proc.pid
                 self.workers.append(worker)
                 new.append(worker)
+                try:
+                    _warn_again(warned)  # now that the child is ours to end if a filter makes it an error
+                except Warning as exc:
+                    raise WorkerStartError(self._start_failure(worker, target, exc)) from None
             # Only the children hold the write end now: once they have all
             # sent (or died) the read end sees EOF.
             ready_w.close()
@@ -367,9 +395,11 @@ class IpcWorkers:
 
     def _start_failure(self, worker: Worker, target: Any, exc: BaseException) -> str:
         method = self.start_method
+        failure = f"could not start {worker.name!r} under {method!r}: {type(exc).__name__}: {exc}"
+        if method == "fork":  # nothing is pickled: the OS refused, or a warning filter made fork() an error
+            return failure
         return (
-            f"could not start {worker.name!r} under {method!r}: {type(exc).__name__}: {exc}. "
-            f"Under {method!r} the target {getattr(target, '__qualname__', target)!r} and its "
+            f"{failure}. Under {method!r} the target {getattr(target, '__qualname__', target)!r} and its "
             "args are pickled to reach the child: use module-level functions and picklable "
             "arguments (multiprocessing objects such as Value, Lock, Queue and Pipe ends are "
             "fine), or the fork start method."

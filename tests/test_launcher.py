@@ -12,6 +12,7 @@ group directory under the session's basetemp.
 from __future__ import annotations
 
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -464,6 +465,70 @@ def test_unpicklable_target_or_argument_is_a_clear_start_error(
     run.result.stdout.no_fnmatch_line("*PicklingError*")
     run.result.stdout.no_fnmatch_line("*EOFError*")
     assert run.pids == []  # no target ever ran
+
+
+# A process running other threads: from Python 3.12 os.fork() warns there,
+# after the child exists.  Made an error by a filter, the warning must fail
+# the test with a start error (no pickling hint: nothing is pickled under
+# fork), and the child must not be left waiting for the start barrier.
+THREADED_FORK = """
+import os
+import threading
+
+import pytest
+
+
+def give(x):
+    return x
+
+
+def children():
+    \"\"\"This process's children, but multiprocessing's resource tracker.\"\"\"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"resource_tracker" not in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_threaded_fork(ipc_workers):
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        ipc_workers.start(give, args=(1,))
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_nothing_left():
+    assert children() == []
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="os.fork() warns in a multi-threaded process from 3.12")
+def test_a_fork_that_a_warning_filter_fails_leaves_no_child(pytester: pytest.Pytester) -> None:
+    """-W error for fork()'s multi-threading warning: a clear start error, and the child ended."""
+    pytester.makepyfile(test_threaded_fork=THREADED_FORK)
+    result = pytester.runpytest_subprocess(
+        "-W", "error:This process:DeprecationWarning", "--ipc-start-method=fork", "-p", "no:cacheprovider", timeout=60
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "E * pytest_ipc.WorkerStartError: could not start 'give-0' under 'fork': "
+        "DeprecationWarning: This process (pid=*) is multi-threaded, use of fork() may lead to deadlocks in the child.",
+    ])
+    result.stdout.no_fnmatch_line("*pickled*")
 
 
 @pytest.mark.parametrize("method", METHODS)
