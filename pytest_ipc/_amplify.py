@@ -60,14 +60,12 @@ import time
 # The modules install() patches, imported here rather than in it: the fork
 # server preloads this module, so its workers inherit them instead of each
 # importing them anew (managers brings pool, hmac and secrets: about 5 ms a
-# worker).  Unpickling a Value needs sharedctypes too, so forkserver workers
-# got faster with jitter off as well: 10-17% more runs/s off, 19-24% low
-# (bench/detection.py, 3.12, idle).
+# worker).
 from multiprocessing import connection, managers, process, queues, sharedctypes, shared_memory, synchronize
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable, Iterable, Iterator
 
-from pytest_ipc._shmlog import RunOf, restore_run, saved_run, take_names, wrap_work
+from pytest_ipc._shmlog import RunOf, start_wrapped, take_names
 
 # The longest sleep at a preemption point.  Long enough for another worker
 # on the other core to get through a critical section, short enough that a
@@ -798,13 +796,9 @@ def _patch_property(
 
 def _start(original: Callable[..., Any]) -> Callable[..., Any]:
     def start(self: Any) -> Any:
-        saved = saved_run(self)
-        run_wrapped = _child_p > 0 and wrap_work(self, Amplified, _amplified)
-        try:
+        if _child_p <= 0:
             return original(self)
-        finally:
-            if run_wrapped:
-                restore_run(self, saved)
+        return start_wrapped(self, original, Amplified, _amplified)
 
     start.__wrapped__ = original  # type: ignore[attr-defined]
     return start

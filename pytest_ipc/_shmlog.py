@@ -116,10 +116,9 @@ def wrap_work(proc: Any, kind: type, make: Callable[[Callable[..., Any]], Any]) 
     instance attribute that travels with the process object to a spawn or
     forkserver child.  Nothing is wrapped twice in ``kind``, nor
     ``ipc_workers``' own workers (they follow from their spec).  Returns
-    True when ``run`` was wrapped: the caller puts back what was there
-    (:func:`saved_run`, :func:`restore_run`) once the process has started,
-    so that the parent's object is as it was.  The attribute is written
-    into the instance's ``__dict__``, past a subclass's ``__setattr__``.
+    True when ``run`` was wrapped (see :func:`start_wrapped`).  The
+    attribute is written into the instance's ``__dict__``, past a
+    subclass's ``__setattr__``.
     """
     if type(proc).run is process.BaseProcess.run:
         target = getattr(proc, "_target", None)
@@ -137,16 +136,21 @@ def wrap_work(proc: Any, kind: type, make: Callable[[Callable[..., Any]], Any]) 
 _NO_RUN = object()
 
 
-def saved_run(proc: Any) -> Any:
-    """What ``proc``'s instance dict holds as ``run`` (usually nothing), for restore_run()."""
-    return vars(proc).get("run", _NO_RUN)
+def start_wrapped(proc: Any, start: Callable[[Any], Any], kind: type, make: Callable[[Callable[..., Any]], Any]) -> Any:
+    """``start(proc)`` with its work wrapped by :func:`wrap_work`.
 
-
-def restore_run(proc: Any, saved: Any) -> None:
-    if saved is _NO_RUN:
-        vars(proc).pop("run", None)
-    else:
-        vars(proc)["run"] = saved
+    A wrapped ``run`` is there for the child only: once started, the
+    parent's object gets back what its instance dict held (usually nothing).
+    """
+    saved = vars(proc).get("run", _NO_RUN)
+    run_wrapped = wrap_work(proc, kind, make)
+    try:
+        return start(proc)
+    finally:
+        if run_wrapped and saved is _NO_RUN:
+            vars(proc).pop("run", None)
+        elif run_wrapped:
+            vars(proc)["run"] = saved
 
 
 class RunOf:
@@ -200,13 +204,9 @@ def _patch_start() -> None:
 
     def start(self: Any) -> Any:
         path, owner = _path, _owner
-        saved = saved_run(self)
-        run_wrapped = path is not None and wrap_work(self, Followed, lambda work: Followed(work, path, owner))
-        try:
+        if path is None:
             return original(self)
-        finally:
-            if run_wrapped:
-                restore_run(self, saved)
+        return start_wrapped(self, original, Followed, lambda work: Followed(work, path, owner))
 
     start._ipc_shmlog = True  # type: ignore[attr-defined]
     process.BaseProcess.start = start  # type: ignore[method-assign]
