@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 import scenarios  # noqa: E402
 
-from pytest_ipc import settings  # noqa: E402
+from pytest_ipc import config as settings  # noqa: E402
 
 METHODS = ("fork", "forkserver", "spawn")
 MODES = ("plain", "barrier", "jitter")

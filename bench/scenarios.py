@@ -235,7 +235,7 @@ def queue_empty(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def fanin(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
-    from pytest_ipc.queues import FanInQueue
+    from pytest_ipc import FanInQueue
 
     q = FanInQueue(ctx=ctx, timeout=30)
     try:

@@ -15,17 +15,22 @@ __version__ = "0.1.0"
 # look the name up among entry points), this brings in the real plugin module.
 pytest_plugins = ["pytest_ipc.plugin"]
 
+# Every name the documentation calls pytest_ipc.X (tests/test_public_api.py
+# walks the docs and checks each is here, importable and picklable).
 _EXPORTS = {
+    "LeakError": "pytest_ipc.errors",
+    "LeakWarning": "pytest_ipc.errors",
     "RaceDetected": "pytest_ipc.errors",
     "RunsFailed": "pytest_ipc.errors",
+    "Terminated": "pytest_ipc.errors",
     "UnexpectedOutcome": "pytest_ipc.errors",
     "WorkerError": "pytest_ipc.errors",
     "WorkerFailed": "pytest_ipc.errors",
     "WorkerStartError": "pytest_ipc.errors",
     "WorkerTimeout": "pytest_ipc.errors",
-    "DONE": "pytest_ipc.queues",
-    "FanInQueue": "pytest_ipc.queues",
-    "FanInTimeout": "pytest_ipc.queues",
+    "DONE": "pytest_ipc._worker.queues",
+    "FanInQueue": "pytest_ipc._worker.queues",
+    "FanInTimeout": "pytest_ipc._worker.queues",
 }
 
 __all__ = sorted(_EXPORTS)

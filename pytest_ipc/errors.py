@@ -8,7 +8,11 @@ report then shows the histogram, not a traceback from inside the plugin.
 
 from __future__ import annotations
 
-from _pytest.outcomes import Failed
+import pytest
+
+# The class behind pytest.fail(): a failure that pytest reports without a
+# traceback from inside the plugin when raised with pytrace=False.
+Failed = pytest.fail.Exception
 
 __all__ = [
     "RaceDetected",
@@ -40,28 +44,28 @@ class WorkerTimeout(WorkerError):
     """Workers were still running when the timeout ran out (a hang)."""
 
 
-class RunsFailed(Failed):
+class RunsFailed(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
     """Every run of an ``ipc_race`` test failed: a plain bug, not a race."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg, pytrace=False)
 
 
-class UnexpectedOutcome(Failed):
+class UnexpectedOutcome(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
     """Every run of an ``ipc_race`` test agreed, on an outcome outside ``expect``."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg, pytrace=False)
 
 
-class RaceDetected(Failed):
+class RaceDetected(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
     """Runs of an ``ipc_race`` test disagreed: their outcomes differ, or some failed."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg, pytrace=False)
 
 
-class LeakError(Failed):
+class LeakError(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
     """A pytest-ipc test left a process, a SharedMemory segment or a Pipe behind (see leaks.py)."""
 
     def __init__(self, msg: str) -> None:

@@ -1,21 +1,20 @@
 """The IPC fixtures: context, shared values, pipes, fan-in queue, workers, Manager, outcome.
 
-Heavy imports (``multiprocessing.connection``, the launcher) happen inside the
-fixtures, so a session that uses none of them never pays for them.
+Every import of ``multiprocessing`` and of the worker launcher happens inside
+the fixtures, so a session that uses none of them never pays for them.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
-import socket
 import tempfile
 from typing import Any, Iterator, NamedTuple, NoReturn
 
 import pytest
 
-from pytest_ipc import state
+from pytest_ipc import stash
+from pytest_ipc.config import item_timeout, settings
 
 
 class PipePair(NamedTuple):
@@ -32,6 +31,8 @@ class PipePair(NamedTuple):
 
 
 def platform_default_start_method() -> str:
+    import multiprocessing
+
     return multiprocessing.get_all_start_methods()[0]
 
 
@@ -86,7 +87,7 @@ def ipc_start_method(request: pytest.FixtureRequest) -> str:
     From ``@pytest.mark.ipc_start_methods(...)``, else ``--ipc-start-method``,
     else the ini key ``ipc_start_method``, else the platform default.
     """
-    method = state.settings(request.config).start_method
+    method = settings(request.config).start_method
     if method is None or method == "all":
         return platform_default_start_method()
     return method
@@ -95,24 +96,35 @@ def ipc_start_method(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def ipc_context(request: pytest.FixtureRequest, ipc_start_method: str) -> Any:
     """The ``multiprocessing`` context of the test's start method (skipped if unavailable)."""
+    import multiprocessing
+
     if ipc_start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"start method {ipc_start_method!r} is not available on this platform")
-    if state.current_run(request.node).jitter > 0:
-        from pytest_ipc import _amplify
+    if stash.current_run(request.node).jitter > 0:
+        from pytest_ipc._worker import amplify
 
         # Before any fixture makes its objects: a Queue binds its pipe's
         # methods when it is made, and fork children inherit them bound.
-        _amplify.install()
+        amplify.install()
     if ipc_start_method == "forkserver":
         preload_in_fork_server()  # again: the user's code may have set a list of its own since
     return multiprocessing.get_context(ipc_start_method)
 
 
 # Worker targets usually live in test modules, which import pytest; every
-# worker needs the launcher and, in a race run, amplification (with the
-# multiprocessing modules it patches).  Imported once in the fork server, its
-# workers inherit them: ~10x faster starts than each importing them itself.
-FORK_SERVER_PRELOAD = ("pytest", "pytest_ipc._child", "pytest_ipc._amplify")
+# worker needs the launcher's bootstrap and, in a race run, amplification and
+# the multiprocessing modules it patches.  Imported once in the fork server,
+# its workers inherit them: ~10x faster starts than each importing them itself.
+FORK_SERVER_PRELOAD = (
+    "pytest",
+    "pytest_ipc._worker.bootstrap",
+    "pytest_ipc._worker.amplify",
+    "multiprocessing.managers",
+    "multiprocessing.shared_memory",
+    "multiprocessing.sharedctypes",
+    "multiprocessing.queues",
+    "multiprocessing.synchronize",
+)
 
 
 def preload_in_fork_server() -> None:
@@ -196,9 +208,9 @@ def pipe_pair(request: pytest.FixtureRequest, ipc_context: Any) -> Iterator[Pipe
 @pytest.fixture
 def fanin_queue(request: pytest.FixtureRequest, ipc_context: Any) -> Iterator[Any]:
     """A real ``multiprocessing`` Queue with ``collect(producers=N)``; drained and closed at teardown."""
-    from pytest_ipc.queues import FanInQueue
+    from pytest_ipc._worker.queues import FanInQueue
 
-    q = FanInQueue(ctx=ipc_context, timeout=state.item_timeout(request.node))
+    q = FanInQueue(ctx=ipc_context, timeout=item_timeout(request.node))
     try:
         yield q
     finally:
@@ -214,13 +226,13 @@ def ipc_workers(
     Every failure of a child (exception, exit code, signal, segfault, hang)
     becomes a test failure that names the worker; nothing outlives the test.
     """
-    from pytest_ipc.launcher import IpcWorkers
     from pytest_ipc.errors import WorkerError
+    from pytest_ipc.workers import IpcWorkers
 
-    run = state.current_run(request.node)
+    run = stash.current_run(request.node)
     workers = IpcWorkers(
         ipc_context,
-        timeout=state.item_timeout(request.node),
+        timeout=item_timeout(request.node),
         basetemp=str(tmp_path_factory.getbasetemp()),
         seed=run.seed,
         jitter=run.jitter,
@@ -231,7 +243,7 @@ def ipc_workers(
         complaints = workers.close()
         # Only a test that otherwise passed is blamed: after a failure or an
         # interrupt, workers left running are the consequence, not the news.
-        if complaints and state.call_passed(request.node):
+        if complaints and stash.call_passed(request.node):
             raise WorkerError("\n".join(complaints))
 
 
@@ -257,6 +269,8 @@ def _manager_address(basetemp: str) -> tuple[Any, str | None]:
     TMPDIR, also 0o700, removed when the process exits) holds it instead.
     Without AF_UNIX: loopback, any free port, never all interfaces.
     """
+    import socket
+
     if not hasattr(socket, "AF_UNIX"):
         return ("127.0.0.1", 0), None
     from multiprocessing import connection
@@ -279,6 +293,7 @@ def _manager_address(basetemp: str) -> tuple[Any, str | None]:
 
 def _start_manager(ctx: Any, address: Any) -> tuple[Any, Any]:
     """Start a ``SyncManager`` of ``ctx`` at ``address``; return it and its server process."""
+    import multiprocessing
     from multiprocessing.managers import SyncManager
 
     # No authkey of its own: a proxy that arrives through a Queue or Pipe, or
@@ -336,4 +351,4 @@ def ipc_manager(ipc_context: Any, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture
 def ipc_outcome(request: pytest.FixtureRequest) -> Any:
     """Records the outcome of this run of an ``ipc_race`` test: ``ipc_outcome.record(x)``."""
-    return state.current_run(request.node).outcome
+    return stash.current_run(request.node).outcome

@@ -9,7 +9,7 @@ Four kinds of leak, each named with what the user can fix:
   /dev/shm before and after: other processes (pytest-xdist workers, other
   jobs) create and remove segments there all the time.  The test process's
   own are seen through multiprocessing's resource-tracker registration,
-  those its workers create through :mod:`pytest_ipc._shmlog` (see there for
+  those its workers create through :mod:`pytest_ipc._worker.shmlog` (see there for
   which child processes it reaches);
 - a ``Pipe`` (or any ``multiprocessing.connection.Connection``, the pipes
   of a ``Queue`` included) still open and reachable after the test.
@@ -38,7 +38,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from pytest_ipc import _shmlog, state
+from pytest_ipc import stash
+from pytest_ipc._worker import shmlog
+from pytest_ipc.collection import uses_plugin
+from pytest_ipc.config import settings
 
 SHM_DIR = "/dev/shm"
 # How long a leaked process gets to end after terminate(), before SIGKILL.
@@ -198,15 +201,15 @@ def clean_up(leaks: Leaks) -> None:
 
 
 def _end(proc: Any) -> None:
-    from pytest_ipc.launcher import _descendants, _kill_pids
+    from pytest_ipc.workers import descendants, kill_pids
 
     if proc.exitcode is None:
-        descendants = _descendants(proc.pid)
+        descendants = descendants(proc.pid)
         proc.terminate()
         proc.join(END_GRACE)
         if proc.exitcode is None:
             proc.kill()
-        _kill_pids(descendants)
+        kill_pids(descendants)
     proc.join(END_GRACE)
 
 
@@ -270,23 +273,21 @@ def _child_segment_log(request: pytest.FixtureRequest) -> str | None:
 def _ipc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail (or warn about) a pytest-ipc test that leaves processes, segments or pipes behind."""
     item = request.node
-    from pytest_ipc.plugin import uses_plugin
-
-    mode = state.settings(request.config).leak_check
+    mode = settings(request.config).leak_check
     if mode == "off" or not isinstance(item, pytest.Item) or not uses_plugin(item):
         yield
         return
     registrations = _Registrations()
     registrations.install()
     log = _child_segment_log(request)
-    outer = _shmlog.start(log) if log is not None else None
+    outer = shmlog.start(log) if log is not None else None
     before = Snapshot()
     try:
         yield
     finally:
         registrations.uninstall()
-        by_children = _shmlog.stop(log, outer) if log is not None and outer is not None else set()
-    passed = state.call_passed(item)
+        by_children = shmlog.stop(log, outer) if log is not None and outer is not None else set()
+    passed = stash.call_passed(item)
     leaks = find(before, check_fds=passed, created_shm=registrations.names | by_children)
     if not leaks:
         return

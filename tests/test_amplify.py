@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from pytest_ipc import _amplify
-from pytest_ipc.settings import JITTER_LEVELS
+from pytest_ipc._worker import amplify
+from pytest_ipc._worker.amplify import codepoints, locks, stream
+from pytest_ipc.config import JITTER_LEVELS
 
 pytest_plugins = ["pytester"]
 
@@ -32,7 +33,8 @@ import random
 import sys
 import threading
 
-from pytest_ipc import _amplify
+from pytest_ipc._worker import amplify
+from pytest_ipc._worker.amplify import codepoints, locks, stream
 
 
 def points_passed(op):
@@ -41,14 +43,14 @@ def points_passed(op):
     Every point draws from the stream, so replaying choices from the state
     before ``op`` until the state after it counts the points exactly.
     """
-    amp = _amplify._amp
+    amp = stream._amp
     if amp is None:
         op()
         return None
     before = amp.rng.getstate()
     op()
     after = amp.rng.getstate()
-    ref = _amplify.Amplifier(0, 0, amp.p)
+    ref = stream.Amplifier(0, 0, amp.p)
     ref.rng.setstate(before)
     n = 0
     while ref.rng.getstate() != after and n < 10000:
@@ -58,7 +60,7 @@ def points_passed(op):
 
 
 def report_active(flag):
-    flag.value = 1 if _amplify.is_active() else 0
+    flag.value = 1 if amplify.is_active() else 0
 
 
 def probe(method):
@@ -93,14 +95,14 @@ def probe(method):
     child.start()
     child.join(30)
     out = {
-        "active": _amplify.is_active(),
+        "active": amplify.is_active(),
         "value": points_passed(incr),
         "array": points_passed(array_incr),
         "lock": points_passed(locked),
         "queue": points_passed(queue_round_trip),
         "pipe": points_passed(pipe_round_trip),
         "child_active": flag.value,
-        "code_points": _amplify._code_points is not None,
+        "code_points": codepoints.active is not None,
     }
     q.close()
     q.join_thread()
@@ -110,14 +112,14 @@ def probe(method):
 def main_stream_drew_only_its_own(method, n):
     """Put n items (a point each in this thread; the feeder thread's sends pass points too):
     did this thread's stream move by exactly those n draws?"""
-    amp = _amplify._amp
+    amp = stream._amp
     ref = random.Random(amp.key)
     q = multiprocessing.get_context(method).Queue()
     for i in range(n):
         q.put(i)
     q.close()
     q.join_thread()  # every item sent: the feeder thread has passed all its points
-    fresh = _amplify.Amplifier(0, 0, amp.p)
+    fresh = stream.Amplifier(0, 0, amp.p)
     fresh.rng = ref
     for _ in range(n):
         fresh.choose()
@@ -127,7 +129,7 @@ def main_stream_drew_only_its_own(method, n):
 def feeder_waits(method):
     """The waits of the feeder thread of a Queue made here, while it sends one item,
     each with whether the queue's write lock was free."""
-    waits, main, wait = [], threading.get_ident(), _amplify.Amplifier.wait
+    waits, main, wait = [], threading.get_ident(), stream.Amplifier.wait
     q = multiprocessing.get_context(method).Queue()
 
     def record(amp, choice):
@@ -135,18 +137,18 @@ def feeder_waits(method):
             waits.append([choice, q._wlock._semlock._get_value() == 1])
         wait(amp, choice)
 
-    _amplify.Amplifier.wait = record
+    stream.Amplifier.wait = record
     try:
         q.put(1)
         q.close()
         q.join_thread()
     finally:
-        _amplify.Amplifier.wait = wait
+        stream.Amplifier.wait = wait
     return waits
 
 
 def first_choices(n):
-    return [_amplify._amp.choose() for _ in range(n)] if _amplify._amp else None
+    return [stream._amp.choose() for _ in range(n)] if stream._amp else None
 
 
 def inc(v, n):
@@ -185,11 +187,11 @@ class ArrayLike:
 
 def code_points_on(*given):
     """Are code points on as the worker starts, given these arguments?"""
-    return _amplify._code_points is not None
+    return codepoints.active is not None
 
 
 def report_code_points(flag, *given):
-    flag.value = 1 if _amplify._code_points is not None else 0
+    flag.value = 1 if codepoints.active is not None else 0
 
 
 def childs_code_points(method):
@@ -250,11 +252,11 @@ def lock_kinds(method, shared):
     found = []
     for lock in (shared, own, MODULE_LOCK):
         with lock:
-            found.append(_amplify._under_shared_lock())
+            found.append(locks.under_shared_lock())
     return found
 
 
-class Recording(_amplify.Amplifier):
+class Recording(stream.Amplifier):
     """A stream whose every point acts (p = 1), recording its draws and waits instead of waiting.
 
     It records by appending, not by storing through an attribute, so that
@@ -277,12 +279,12 @@ class Recording(_amplify.Amplifier):
 
 def ipc_point_counts(op):
     """[draws, waits] of this worker's IPC points while ``op()`` runs, every point acting."""
-    recording, old = Recording(), _amplify._amp
-    _amplify._amp = recording
+    recording, old = Recording(), stream._amp
+    stream._amp = recording
     try:
         op()
     finally:
-        _amplify._amp = old
+        stream._amp = old
     return [len(recording.drawn), len(recording.waited)]
 
 
@@ -333,7 +335,7 @@ def store_under(lock, box, n):
 
 def code_point_counts(method, shared, semaphore, n):
     """[draws, waits] of the code points of n stores under each kind of lock, every point acting."""
-    points = _amplify._code_points
+    points = codepoints.active
     if points is None:
         return None
     own = multiprocessing.get_context(method).Lock()
@@ -396,7 +398,7 @@ def _one_worker(pytester: pytest.Pytester, method: str, start: str, marker: str 
 
 
 def _draws(seed: int, index: int, p: float, n: int) -> list[float | None]:
-    amp = _amplify.Amplifier(seed, index, p)
+    amp = stream.Amplifier(seed, index, p)
     return [amp.choose() for _ in range(n)]
 
 
@@ -428,9 +430,9 @@ def test_stream_acts_at_the_share_p(level: str) -> None:
     sigma = (p * (1 - p) / n) ** 0.5
     assert abs(len(acting) / n - p) < 5 * sigma
     sleeps = [d for d in acting if d > 0]
-    share = _amplify.SLEEP_SHARE
+    share = stream.SLEEP_SHARE
     assert abs(len(sleeps) / len(acting) - share) < 5 * (share * (1 - share) / len(acting)) ** 0.5
-    assert all(0 < d <= _amplify.MAX_SLEEP for d in sleeps)
+    assert all(0 < d <= stream.MAX_SLEEP for d in sleeps)
 
 
 def test_seed_replays_each_workers_choices(pytester: pytest.Pytester) -> None:
@@ -473,21 +475,21 @@ def test_a_queues_feeder_thread_sleeps_before_its_first_write(pytester: pytest.P
     waits = _one_worker(pytester, method, "helpers.feeder_waits, args=(ipc_start_method,)")
     # One item, then close(): after the start sleep, the feeder passes one
     # point, before its one write, where the stream may or may not act.
-    assert waits[0] == [_amplify.THREAD_START_SLEEP, True]  # type: ignore[index]
+    assert waits[0] == [stream.THREAD_START_SLEEP, True]  # type: ignore[index]
     assert len(waits) <= 2  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
-def _amplified() -> Iterator[_amplify.Amplifier]:
+def _amplified() -> Iterator[stream.Amplifier]:
     """The IPC points switched on in this thread as in a worker's main thread (p = 0: none acts)."""
-    _amplify.install()
-    old = _amplify._amp, _amplify._amp_thread, _amplify._other_threads
-    amp = _amplify.Amplifier(0, 0, 0.0)
-    _amplify._amp, _amplify._amp_thread, _amplify._other_threads = amp, threading.get_ident(), itertools.count(1)
+    amplify.install()
+    old = stream._amp, stream._amp_thread, stream._other_threads
+    amp = stream.Amplifier(0, 0, 0.0)
+    stream._amp, stream._amp_thread, stream._other_threads = amp, threading.get_ident(), itertools.count(1)
     try:
         yield amp
     finally:
-        _amplify._amp, _amplify._amp_thread, _amplify._other_threads = old
+        stream._amp, stream._amp_thread, stream._other_threads = old
 
 
 def test_each_other_thread_has_a_stream_of_its_own() -> None:
@@ -496,8 +498,8 @@ def test_each_other_thread_has_a_stream_of_its_own() -> None:
 
     def elsewhere() -> None:
         for _ in range(30):
-            _amplify.point()
-        states.append(_amplify._stream().rng.getstate())  # type: ignore[union-attr]
+            stream.point()
+        states.append(stream.current().rng.getstate())  # type: ignore[union-attr]
 
     with _amplified() as amp:
         main_state = amp.rng.getstate()
@@ -519,20 +521,20 @@ def test_each_other_thread_has_a_stream_of_its_own() -> None:
 def test_a_threads_first_point_sleeps_and_only_that_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Even where no point acts (p = 0), another thread sleeps THREAD_START_SLEEP at its first point."""
     waits: list[tuple[str, float]] = []
-    monkeypatch.setattr(_amplify.Amplifier, "wait", lambda self, choice: waits.append((self.key, choice)))
+    monkeypatch.setattr(stream.Amplifier, "wait", lambda self, choice: waits.append((self.key, choice)))
 
     def elsewhere() -> None:
         for _ in range(30):
-            _amplify.point()
+            stream.point()
 
     with _amplified() as amp:
         for _ in range(30):
-            _amplify.point()
+            stream.point()
         for _ in range(2):
             thread = threading.Thread(target=elsewhere)
             thread.start()
             thread.join()
-    sleep = _amplify.THREAD_START_SLEEP
+    sleep = stream.THREAD_START_SLEEP
     assert waits == [(f"{amp.key}:thread1", sleep), (f"{amp.key}:thread2", sleep)]
 
 # -- code points: the worker's own instructions -------------------------------------
@@ -568,7 +570,7 @@ def _fill(n: int) -> int:
     return box.total
 
 
-class _Counting(_amplify.Amplifier):
+class _Counting(stream.Amplifier):
     """The code points' stream, counting the points that draw from it (p = 0: none acts)."""
 
     calls = 0
@@ -591,10 +593,10 @@ def _under(trace: Any, func: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def _code_points(budget: int = 10**6) -> Iterator[_amplify.CodePoints]:
+def _code_points(budget: int = 10**6) -> Iterator[codepoints.CodePoints]:
     """Code points switched on in this process as in a worker, with a counting stream."""
-    _amplify._trace_own_code(3, 1, 0.0)
-    points = _amplify._code_points
+    codepoints.trace_own_code(3, 1, 0.0)
+    points = codepoints.active
     if points is None and MONITORING:
         # Something else in this test process holds both tool ids (a worker is a fresh process).
         owners = [sys.monitoring.get_tool(t) for t in (3, 4)]  # type: ignore[attr-defined]
@@ -605,7 +607,7 @@ def _code_points(budget: int = 10**6) -> Iterator[_amplify.CodePoints]:
         points.amp = _Counting(3, 1, 0.0)
         yield points
     finally:
-        _amplify.stop_code_points()
+        amplify.stop_code_points()
 
 
 @NEEDS_CODE_POINTS
@@ -643,23 +645,23 @@ def test_code_points_come_when_the_worker_touches_a_shared_memory_buffer(monkeyp
     """At jitter low before 3.12, the first SharedMemory.buf fetch switches code points on, for that very statement too."""
     from multiprocessing import shared_memory
 
-    class Counted(_amplify.CodePoints):
+    class Counted(codepoints.CodePoints):
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
             self.amp = _Counting(3, 1, 0.0)
 
-    monkeypatch.setattr(_amplify, "CodePoints", Counted)
+    monkeypatch.setattr(codepoints, "CodePoints", Counted)
     shm = shared_memory.SharedMemory(create=True, size=8)
     try:
-        _amplify.activate(3, 1, 0.05)
+        amplify.activate(3, 1, 0.05)
         try:
             _fill(10)  # stores, but no shared memory: nothing due yet
-            assert _amplify._code_points is None and sys.gettrace() is None
+            assert codepoints.active is None and sys.gettrace() is None
             _bump(shm, 10)
-            points = _amplify._code_points
+            points = codepoints.active
             assert points is not None and sys.gettrace() is points
         finally:
-            _amplify.deactivate()
+            amplify.deactivate()
         assert sys.gettrace() is None
         assert points.amp.calls == 10  # type: ignore[attr-defined]
         assert shm.buf[0] == 10
@@ -674,14 +676,14 @@ def test_code_points_on_demand_wait_for_shared_memory() -> None:
     from multiprocessing import sharedctypes
 
     synced = sharedctypes.Value("i", 0)
-    _amplify.activate(3, 1, 0.05, (_fill, synced, [synced], {"v": synced}))
+    amplify.activate(3, 1, 0.05, (_fill, synced, [synced], {"v": synced}))
     try:
         _fill(10)
         synced.value += 1
-        assert _amplify._code_points is None
+        assert codepoints.active is None
         assert sys.gettrace() is None or STEP_ASIDE
     finally:
-        _amplify.deactivate()
+        amplify.deactivate()
 
 
 def _stores_by_dis(code: Any) -> frozenset[int]:
@@ -704,7 +706,7 @@ def test_stores_read_off_the_bytecode_are_the_ones_dis_finds() -> None:
     def check() -> None:
         found = 0
         for func in (_fill, _sum_to, *functions(textwrap, _pytest.python, _pytest.fixtures)):
-            stores = _amplify._store_offsets(func.__code__)
+            stores = codepoints._store_offsets(func.__code__)
             assert stores == _stores_by_dis(func.__code__), func.__qualname__
             found += bool(stores)
         assert found > 50
@@ -736,7 +738,7 @@ def test_lines_of_stores_agree_with_a_plain_scan() -> None:
     import _pytest.python
 
     def plain(code: Any) -> frozenset[Any]:
-        offsets = _amplify._store_offsets(code)
+        offsets = codepoints._store_offsets(code)
         return frozenset(line for start, end, line in code.co_lines() if any(start <= o < end for o in offsets))
 
     codes = [f.__code__ for _, f in inspect.getmembers(_pytest.python.Function, inspect.isfunction)]
@@ -745,7 +747,7 @@ def test_lines_of_stores_agree_with_a_plain_scan() -> None:
     codes += [f.__code__ for f in (_fill, _sum_to, _bump)]
     assert sum(bool(plain(c)) for c in codes) >= 5  # not a vacuous comparison
     for code in codes:
-        assert _amplify._lines_of(code, _amplify._store_offsets(code)) == plain(code), code.co_name
+        assert codepoints._lines_of(code, codepoints._store_offsets(code)) == plain(code), code.co_name
 
 
 class _Raising:
@@ -765,28 +767,28 @@ def test_looking_at_arguments_never_fails_or_evaluates_them() -> None:
 
     raw = sharedctypes.RawValue("i", 0)
     try:
-        _amplify.activate(3, 1, 0.05, (_Raising(), [_Raising()], {"k": _Raising()}, list(range(10**6))))
-        assert _amplify._code_points is None or MONITORING
+        amplify.activate(3, 1, 0.05, (_Raising(), [_Raising()], {"k": _Raising()}, list(range(10**6))))
+        assert codepoints.active is None or MONITORING
     finally:
-        _amplify.deactivate()
+        amplify.deactivate()
     # Past the first 64 items of a list nothing is looked at (a raw value there is missed).
     try:
-        _amplify.activate(3, 1, 0.05, ([0] * 64 + [raw],))
-        assert (_amplify._code_points is not None) is MONITORING
+        amplify.activate(3, 1, 0.05, ([0] * 64 + [raw],))
+        assert (codepoints.active is not None) is MONITORING
     finally:
-        _amplify.deactivate()
+        amplify.deactivate()
 
 
 @pytest.mark.skipif(MONITORING, reason="from Python 3.12 code points are on from the start")
 def test_a_forked_childs_activation_drops_its_parents_code_points() -> None:
     """A worker's child inherits the worker's trace function: activating in it starts afresh (on demand)."""
-    _amplify._trace_own_code(3, 1, 0.05)  # as in a worker whose code points came
+    codepoints.trace_own_code(3, 1, 0.05)  # as in a worker whose code points came
     try:
-        _amplify.activate(4, 2, 0.05)  # as in its forked child, which touches no shared memory
-        assert _amplify._code_points is None
+        amplify.activate(4, 2, 0.05)  # as in its forked child, which touches no shared memory
+        assert codepoints.active is None
         assert sys.gettrace() is None or STEP_ASIDE
     finally:
-        _amplify.deactivate()
+        amplify.deactivate()
 
 
 @NEEDS_CODE_POINTS
@@ -794,11 +796,11 @@ def test_code_points_skip_the_stdlib_and_pytest_ipc() -> None:
     """Stores in the standard library and in pytest-ipc's own code are no code points."""
     with _code_points() as points:
         textwrap.TextWrapper(40)  # its __init__ stores attributes: self.width = width
-        _amplify.Amplifier(1, 1, 0.5)  # so does ours
+        stream.Amplifier(1, 1, 0.5)  # so does ours
     assert points.amp.calls == 0  # type: ignore[attr-defined]
     # Skipped for where they live, not for lack of stores.
-    assert _amplify._store_offsets(textwrap.TextWrapper.__init__.__code__)
-    assert _amplify._store_offsets(_amplify.Amplifier.__init__.__code__)
+    assert codepoints._store_offsets(textwrap.TextWrapper.__init__.__code__)
+    assert codepoints._store_offsets(stream.Amplifier.__init__.__code__)
 
 
 @NEEDS_CODE_POINTS
@@ -819,15 +821,15 @@ def test_an_existing_trace_function_is_kept() -> None:
         return None
 
     def switch_on_and_fill() -> tuple[Any, Any]:
-        _amplify._trace_own_code(3, 1, 0.0)
+        codepoints.trace_own_code(3, 1, 0.0)
         try:
-            points = _amplify._code_points
+            points = codepoints.active
             if points is not None:
                 points.amp = _Counting(3, 1, 0.0)
             _fill(10)
             return points, sys.gettrace()
         finally:
-            _amplify.stop_code_points()
+            amplify.stop_code_points()
 
     (points, during), after = _under(theirs, switch_on_and_fill)
     assert during is theirs and after is theirs
@@ -839,13 +841,13 @@ def test_an_existing_trace_function_is_kept() -> None:
 
 def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
     """Code points draw from a stream of their own: the IPC points' choices for a seed do not move."""
-    def draws(amp: _amplify.Amplifier) -> list[float | None]:
+    def draws(amp: stream.Amplifier) -> list[float | None]:
         return [amp.choose() for _ in range(2000)]
 
-    first = draws(_amplify.CodePoints(5, 2, 0.25).amp)
-    assert first == draws(_amplify.CodePoints(5, 2, 0.25).amp)
-    assert first != draws(_amplify.CodePoints(5, 3, 0.25).amp)
-    assert first != draws(_amplify.Amplifier(5, 2, 0.25))
+    first = draws(codepoints.CodePoints(5, 2, 0.25).amp)
+    assert first == draws(codepoints.CodePoints(5, 2, 0.25).amp)
+    assert first != draws(codepoints.CodePoints(5, 3, 0.25).amp)
+    assert first != draws(stream.Amplifier(5, 2, 0.25))
     assert any(c is not None for c in first)
 
 
@@ -929,17 +931,17 @@ def test_code_points_take_no_tool_id_that_others_ask_for() -> None:
     mon = sys.monitoring  # type: ignore[attr-defined]
     others = []
     for tool in (3, 4):
-        if mon.get_tool(tool) == _amplify._TOOL_NAME:
+        if mon.get_tool(tool) == codepoints._TOOL_NAME:
             mon.free_tool_id(tool)  # ours from an earlier test of this process
         if mon.get_tool(tool) is None:
             mon.use_tool_id(tool, "another tool")
             others.append(tool)
     try:
-        _amplify._trace_own_code(1, 0, 0.05)
-        assert _amplify._code_points is None
-        assert _amplify._TOOL_NAME not in [mon.get_tool(t) for t in range(6)]
+        codepoints.trace_own_code(1, 0, 0.05)
+        assert codepoints.active is None
+        assert codepoints._TOOL_NAME not in [mon.get_tool(t) for t in range(6)]
     finally:
-        _amplify.stop_code_points()
+        amplify.stop_code_points()
         for tool in others:
             mon.free_tool_id(tool)
 
@@ -984,20 +986,25 @@ def test_shared_memory_byte_race_is_caught(pytester: pytest.Pytester, method: st
 
 
 def test_the_fork_server_preload_brings_every_module_install_patches() -> None:
-    """Importing _amplify (as the fork server does) leaves install() nothing to import.
+    """The fork server's preload list imports every module amplification patches; install() imports nothing.
 
     Otherwise every forkserver worker of a jittered run imports them anew:
     multiprocessing.managers alone is about 5 ms a worker.
     """
     code = (
-        "import sys\n"
-        "from pytest_ipc import _amplify\n"
+        "import importlib, sys\n"
+        "from pytest_ipc.fixtures import FORK_SERVER_PRELOAD\n"
+        "for name in FORK_SERVER_PRELOAD:\n"
+        "    importlib.import_module(name)\n"
+        "from pytest_ipc._worker import amplify\n"
+        "from pytest_ipc._worker.amplify.patches import PATCHES\n"
+        "print(sorted(set(PATCHES) - set(sys.modules)))\n"
         "before = set(sys.modules)\n"
-        "_amplify.install()\n"
+        "amplify.install()\n"
         "print(sorted(set(sys.modules) - before))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert out.stdout.split() == ["[]", "[]"], out.stdout
 
 
 PROBE_TEST = """

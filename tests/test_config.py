@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pytest_ipc import settings
+from pytest_ipc import config as settings
 
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR  # 4
 INTERRUPTED = pytest.ExitCode.INTERRUPTED  # 2: collection errors stop the session

@@ -117,7 +117,7 @@ def test_coverage_run_counts_lines_only_workers_execute(project: pytest.Pytester
     assert reported.ret == 0, reported.stderr.str()
     data = helpers_coverage(project, "cov.json")
     assert line_of(project, "CHILD-RETURNS") in data["executed_lines"], data
-    # A worker whose target raised leaves through SystemExit(1) in _child.bootstrap: its data is saved too.
+    # A worker whose target raised leaves through SystemExit(1) in the bootstrap: its data is saved too.
     assert line_of(project, "CHILD-RAISES") in data["executed_lines"], data
     # Only the guards that would fail a target run in the parent are missed.
     assert data["missing_lines"] == lines_of(project, "GUARD"), data

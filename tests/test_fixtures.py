@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from pytest_ipc import settings
+from pytest_ipc import config as settings
 
 METHODS = ("fork", "spawn", "forkserver")
 

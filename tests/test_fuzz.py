@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 # that a session imported first, and a second copy of this module would find
 # the classes patched by the first and patch nothing: importing it here keeps
 # one copy for every session.
-import pytest_ipc._amplify  # noqa: F401
+import pytest_ipc._worker.amplify  # noqa: F401
 
 OK = pytest.ExitCode.OK
 TESTS_FAILED = pytest.ExitCode.TESTS_FAILED

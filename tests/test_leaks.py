@@ -63,10 +63,10 @@ def tracker_of_new_segment():
 
 def make_segment_amplified(record="amplified.txt"):
     """Leak a segment, and say in ``record`` whether amplification is on in this process."""
-    from pytest_ipc import _amplify
+    from pytest_ipc._worker import amplify
 
     with open(record, "a") as f:
-        f.write(str(_amplify.is_active()))
+        f.write(str(amplify.is_active()))
     make_segment(False)
 
 

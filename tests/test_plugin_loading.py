@@ -121,11 +121,11 @@ HEAVY_MODULES = [
     "psutil",
     "hypothesis",
     "xdist",
-    "pytest_ipc.launcher",
-    "pytest_ipc._child",
-    "pytest_ipc._amplify",
-    "pytest_ipc.race",
-    "pytest_ipc.queues",
+    "pytest_ipc.workers",
+    "pytest_ipc._worker.bootstrap",
+    "pytest_ipc._worker.amplify",
+    "pytest_ipc.race.runner",
+    "pytest_ipc._worker.queues",
     "pytest_ipc.errors",
 ]
 
@@ -159,7 +159,7 @@ def pytest_terminal_summary(terminalreporter):
     children = psutil.Process().children(recursive=True)
     terminalreporter.write_line(f"probe: mp children {len(multiprocessing.active_children())}")
     terminalreporter.write_line(f"probe: os children {[c.pid for c in children]}")
-    terminalreporter.write_line(f"probe: launcher loaded {'pytest_ipc.launcher' in sys.modules}")
+    terminalreporter.write_line(f"probe: launcher loaded {'pytest_ipc.workers' in sys.modules}")
 """
 
 NO_IPC_TESTS = """

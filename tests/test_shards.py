@@ -20,7 +20,7 @@ USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
 # Outcomes chosen from the run index: the verdicts follow from the arithmetic.
 RECORDED = """
 import pytest
-from pytest_ipc import state
+from pytest_ipc import stash as state
 
 def run_of(request):
     return state.current_run(request.node)
@@ -39,7 +39,7 @@ def test_recorded(ipc_outcome, request):
 # are not asserted: a shard's 2 runs may agree.
 COUNTER = """
 import pytest
-from pytest_ipc import state
+from pytest_ipc import stash as state
 
 def add(counter, n):
     for _ in range(n):

@@ -31,7 +31,7 @@ import pytest
 
 from leftovers import gone, kill, processes_marked, wait_until
 
-from pytest_ipc.report import shard_of_nodeid
+from pytest_ipc.race.shards import shard_of_nodeid
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -109,7 +109,7 @@ import time
 import pytest
 
 import helpers
-from pytest_ipc import state
+from pytest_ipc import stash as state
 
 CRASH_RUNS = {crash_runs}
 TIMEOUT = {timeout}
@@ -299,7 +299,7 @@ def test_every_shard_crashing_still_gives_an_entry(campaign: Callable[..., Outco
 # Without xdist: a shard that cannot set up sends no race data either.
 SETUP_ERROR = """
 import pytest
-from pytest_ipc import state
+from pytest_ipc import stash as state
 
 @pytest.fixture
 def broken_in_shard_3(request):

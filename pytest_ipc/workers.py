@@ -1,4 +1,4 @@
-"""Starting, joining and ending worker processes: the ``ipc_workers`` fixture.
+"""Starting, joining and ending worker processes: the parent side of ``ipc_workers``.
 
 Every way a child can go wrong becomes a :class:`~pytest_ipc.WorkerError`
 that names the worker and the cause.  Every wait has a deadline, a hung
@@ -10,7 +10,6 @@ when psutil is installed.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import signal
 import sys
@@ -22,7 +21,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Sequence
 
-from pytest_ipc import _child, _shmlog
+from pytest_ipc._worker import bootstrap, shmlog
+from pytest_ipc._worker.protocol import ChildResult, ChildSpec, Stage, TargetRef, read_result, stack_path
 from pytest_ipc.errors import WorkerError, WorkerFailed, WorkerStartError, WorkerTimeout
 
 # How long a worker sent SIGABRT gets to write its stacks and die, and how
@@ -43,7 +43,7 @@ class Worker:
     started_pid: int | None = None
     joined: bool = False
     exitcode: int | None = None
-    result: dict[str, Any] | None = None
+    result: ChildResult | None = None
     killed_for_hang: bool = False
     # Ended by us because another worker of the group failed first: not at fault.
     stopped_early: bool = False
@@ -67,16 +67,8 @@ def describe_exit(worker: Worker) -> str | None:
         return None
     code = worker.exitcode
     result = worker.result
-    if result is not None and not result.get("ok", True):
-        stage = result.get("stage")
-        what = f"{result['exc_type']}: {result['message']}"
-        if stage == "load":
-            return f"{worker.label()} could not load its target: {what}"
-        if stage == "barrier":
-            return f"{worker.label()} gave up at the start barrier: {what}"
-        if stage == "return":
-            return f"{worker.label()} returned a value that cannot be sent back: {what}"
-        return f"{worker.label()} raised {what}"
+    if result is not None and not result.ok:
+        return f"{worker.label()} {_FAILED_AT[result.stage]}{result.error()}"
     if code == 0:
         return None
     if code is None:
@@ -101,20 +93,43 @@ def _read_text(path: str) -> str:
         return ""
 
 
-_MP_BOOTSTRAP = os.path.join("multiprocessing", "process.py") + '", line '
-_MP_FORK_LAUNCH = os.path.join("multiprocessing", "popen_fork.py")
+# How a failed worker's result reads, by the stage it failed at.
+_FAILED_AT = {
+    Stage.LOAD: "could not load its target: ",
+    Stage.BARRIER: "gave up at the start barrier: ",
+    Stage.RETURN: "returned a value that cannot be sent back: ",
+    Stage.RUN: "raised ",
+}
 
 
 def _is_bootstrap_frame(line: str) -> bool:
-    line = line.rstrip()
-    if "_child.py" in line and line.endswith(" in bootstrap"):
-        return True
-    # A worker that hangs after its target returned (flushing a Queue at
-    # exit) has no frame of ours: cut at multiprocessing's own bootstrap, or
-    # (3.13, where the exit functions run from atexit after it) at the fork.
-    if _MP_BOOTSTRAP in line and line.endswith(" in _bootstrap"):
-        return True
-    return _MP_FORK_LAUNCH in line and line.endswith(" in _launch")
+    """Is this faulthandler line the frame where a worker's own code starts?
+
+    Our bootstrap; or, for a worker that hangs after its target returned
+    (flushing a Queue at exit) and has no frame of ours, multiprocessing's
+    own bootstrap, or (3.13, where the exit functions run from atexit after
+    it) the fork.  Frames are told by their file's path and function name.
+    """
+    line = line.strip()
+    if not line.startswith('File "'):
+        return False
+    filename, _, rest = line[len('File "'):].partition('", line ')
+    function = rest.rpartition(" in ")[2]
+    return (filename, function) in _BOOTSTRAP_FRAMES
+
+
+def _bootstrap_frames() -> frozenset[tuple[str, str]]:
+    import multiprocessing.popen_fork
+    import multiprocessing.process
+
+    return frozenset({
+        (bootstrap.__file__, "bootstrap"),
+        (multiprocessing.process.__file__, "_bootstrap"),
+        (multiprocessing.popen_fork.__file__, "_launch"),
+    })
+
+
+_BOOTSTRAP_FRAMES = _bootstrap_frames()
 
 
 def trim_stack(text: str) -> str:
@@ -140,17 +155,6 @@ def trim_stack(text: str) -> str:
     return "\n".join(out).strip()
 
 
-def _read_result(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)  # type: ignore[no-any-return]
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # a torn or unloadable result is itself a failure
-        return {"ok": False, "stage": "return", "exc_type": type(exc).__qualname__,
-                "message": f"the result file could not be read: {exc}", "traceback": ""}
-
-
 # A process that put items on a multiprocessing Queue waits at exit until its
 # feeder thread has written them all to the pipe: if nobody reads them, forever.
 _QUEUE_EXIT_HANG = "in _finalize_join"
@@ -162,7 +166,7 @@ _QUEUE_EXIT_HINT = (
 )
 
 
-def _descendants(pid: int | None) -> list[int]:
+def descendants(pid: int | None) -> list[int]:
     """PIDs of a process's children, grandchildren, ... (empty without psutil)."""
     if pid is None:
         return []
@@ -176,7 +180,7 @@ def _descendants(pid: int | None) -> list[int]:
         return []
 
 
-def _kill_pids(pids: Iterable[int]) -> None:
+def kill_pids(pids: Iterable[int]) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -222,7 +226,7 @@ def _target_for(target: Callable[..., Any], method: str) -> Any:
     # found by (a partial's __module__ is "functools"): it is pickled.
     named = isinstance(qualname, str) and qualname and "<" not in qualname
     if module and module != "__main__" and named and getattr(target, "__self__", None) is None:
-        return _child.TargetRef(module, qualname)
+        return TargetRef(module, qualname)
     return target
 
 
@@ -358,14 +362,13 @@ class IpcWorkers:
             for _ in range(count):
                 index = len(self.workers)
                 wname = f"{base}-{index}"
-                spec = _child.ChildSpec(
+                spec = ChildSpec(
                     name=wname, index=index, workdir=self._workdir, ready=ready_w, go=go_r,
-                    timeout=self.timeout, seed=self.seed, jitter=self.jitter,
-                    die_with_parent=parent_pid is not None, parent_pid=parent_pid or 0,
-                    shm_log=_shmlog.current(),
+                    timeout=self.timeout, seed=self.seed, jitter=self.jitter, parent_pid=parent_pid,
+                    shm_log=shmlog.current(),
                 )
                 proc = self._ctx.Process(
-                    target=_child.bootstrap, name=wname,
+                    target=bootstrap.bootstrap, name=wname,
                     args=(spec, sent_target, tuple(args), dict(kwargs or {})),
                 )
                 worker = Worker(wname, index, proc)
@@ -435,10 +438,10 @@ class IpcWorkers:
 
     def _early_death(self, dead: list[Worker], group: list[Worker], target: Any) -> WorkerError:
         method = self.start_method
-        loads = [w.result or {} for w in dead if (w.result or {}).get("stage") == "load"]
+        loads = [w.result for w in dead if w.result is not None and w.result.stage is Stage.LOAD]
         if loads:
             text = self._failure_text(dead, "", group)
-            if method != "fork" and any(r.get("exc_type") in _NOT_FOUND for r in loads):
+            if method != "fork" and any(r.exc_type in _NOT_FOUND for r in loads):
                 text += "\n" + _load_hint(target, method)
             return WorkerStartError(text)
         text = self._failure_text(dead, "before reaching the start barrier", group)
@@ -485,12 +488,12 @@ class IpcWorkers:
         failed = [w for w in group if describe_exit(w) is not None]
         if failed:
             raise WorkerFailed(self._failure_text(failed, "", group))
-        return [(w.result or {}).get("value") for w in self.workers]
+        return [w.result.value if w.result is not None else None for w in self.workers]
 
     def _collect(self, worker: Worker) -> None:
         worker.process.join(KILL_GRACE)
         worker.exitcode = worker.process.exitcode
-        worker.result = _read_result(_child.result_path(self._workdir, worker.index))
+        worker.result = read_result(self._workdir, worker.index)
         worker.joined = True
         if worker.exitcode is not None:
             # Frees the sentinel fd(s) now: a test that starts and joins in a
@@ -515,7 +518,7 @@ class IpcWorkers:
         """Collect the stacks of ``hung`` workers, end them all, raise WorkerTimeout."""
         __tracebackhide__ = True
         for w in hung:
-            w.descendants = _descendants(w.pid)
+            w.descendants = descendants(w.pid)
             w.killed_for_hang = True
             try:
                 os.kill(w.pid, signal.SIGABRT)  # type: ignore[arg-type]
@@ -524,7 +527,7 @@ class IpcWorkers:
         _wait_exit(hung, time.monotonic() + ABORT_GRACE)
         stacks = []
         for w in hung:
-            raw = _read_text(_child.stack_path(self._workdir, w.index))
+            raw = _read_text(stack_path(self._workdir, w.index))
             text = trim_stack(raw) or "(no stack: it did not answer SIGABRT, or had not started pytest-ipc's code yet)"
             if _QUEUE_EXIT_HANG in raw:
                 text += "\n" + _QUEUE_EXIT_HINT
@@ -543,12 +546,11 @@ class IpcWorkers:
             if when:
                 line += f" {when}"
             lines.append(line)
-            result = w.result or {}
-            if result.get("traceback"):
+            if w.result is not None and w.result.traceback:
                 lines.append(f"--- traceback in {w.name!r} ---")
-                lines.append(result["traceback"].rstrip())
+                lines.append(w.result.traceback.rstrip())
             elif w.exitcode is not None and w.exitcode < 0 and not w.killed_for_hang:
-                text = trim_stack(_read_text(_child.stack_path(self._workdir, w.index)))
+                text = trim_stack(_read_text(stack_path(self._workdir, w.index)))
                 if text:
                     lines.append(f"--- stack of {w.name!r} when it crashed ---")
                     lines.append(text)
@@ -564,9 +566,9 @@ class IpcWorkers:
         live = [w for w in workers if not w.joined and w.pid is not None]
         for w in live:
             if w.process.exitcode is None:
-                w.descendants = w.descendants or _descendants(w.pid)
-                _kill_pids([w.pid])  # type: ignore[list-item]
-            _kill_pids(w.descendants)
+                w.descendants = w.descendants or descendants(w.pid)
+                kill_pids([w.pid])  # type: ignore[list-item]
+            kill_pids(w.descendants)
         _wait_exit(live, time.monotonic() + KILL_GRACE)
 
     def close(self) -> list[str]:
@@ -614,7 +616,7 @@ def _death_watch_pid(method: str) -> int | None:
     calling ``start()``: only the main thread is sure to outlive the workers.
     """
     if sys.platform.startswith("linux"):
-        _child._libc_prctl()  # looked up here once, not in every fork worker
+        bootstrap.libc_prctl()  # looked up here once, not in every fork worker
     if method == "forkserver":
         return 0  # the fork server: the child reads its parent's pid itself
     if threading.current_thread() is threading.main_thread():

@@ -1,29 +1,22 @@
-"""Per-session and per-item state, kept in pytest's stashes."""
+"""Per-run and per-item state, in pytest's stashes, beside the keys that hold it.
+
+(The session's settings and an item's race plan are kept by
+:mod:`pytest_ipc.config`, beside their own keys.)
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_ipc.settings import Settings, safe_repr, timeout_mark
+from pytest_ipc.config import safe_repr, settings
 
-settings_key = pytest.StashKey[Settings]()
-run_key = pytest.StashKey["RunState"]()
-call_failed_key = pytest.StashKey[bool]()
-timeout_key = pytest.StashKey[float]()
-race_key = pytest.StashKey[Any]()  # a race.RaceRun while an ipc_race test runs
-# Race data (race.race_data) of the ipc_race test that Ctrl-C or SIGTERM cut short.
-interrupted_key = pytest.StashKey[list]()
-# Every fixture of a wider scope than function set up in the session (see
-# race._forget_finished_finalizers).
-scoped_fixturedefs_key = pytest.StashKey[set]()
-
-
-def settings(config: pytest.Config) -> Settings:
-    return config.stash[settings_key]
+if TYPE_CHECKING:
+    from pytest_ipc.race.schema import RaceEntry
+    from pytest_ipc.race.runner import RaceRun
 
 
 def derive_seed(session_seed: int, nodeid: str, run: int) -> int:
@@ -38,7 +31,7 @@ class UnhashableOutcome(TypeError):
 
 @dataclass
 class Outcome:
-    """What one run of an ``ipc_race`` test recorded as its result."""
+    """What one run of an ``ipc_race`` test recorded as its result (the ``ipc_outcome`` fixture)."""
 
     recorded: bool = False
     value: Any = None
@@ -74,7 +67,11 @@ class RunState:
     auto_total: Any = None  # shared_value / shared_array contents after the call
 
 
+run_key = pytest.StashKey[RunState]()
+
+
 def current_run(item: pytest.Item) -> RunState:
+    """The run of ``item`` that is set up now; a test without ``ipc_race`` has one, like run 0."""
     run = item.stash.get(run_key, None)
     if run is None:
         # Not an ipc_race test: one run, seeded like run 0, no amplification.
@@ -83,13 +80,7 @@ def current_run(item: pytest.Item) -> RunState:
     return run
 
 
-def item_timeout(item: pytest.Item) -> float:
-    cached = item.stash.get(timeout_key, None)
-    if cached is None:
-        mark = item.get_closest_marker("ipc_timeout")
-        cached = timeout_mark(mark, item.nodeid) if mark else settings(item.config).timeout
-        item.stash[timeout_key] = cached
-    return cached
+call_failed_key = pytest.StashKey[bool]()
 
 
 def call_passed(item: pytest.Item) -> bool:
@@ -98,3 +89,12 @@ def call_passed(item: pytest.Item) -> bool:
     False as well when it never reported: interrupted (Ctrl-C) or not run.
     """
     return item.stash.get(call_failed_key, True) is False
+
+
+# What the makereport hook needs to know while an ipc_race test runs.
+race_key = pytest.StashKey["RaceRun"]()
+# The race entry of the ipc_race test that Ctrl-C or SIGTERM cut short.
+interrupted_key = pytest.StashKey["list[RaceEntry]"]()
+# Every fixture of a wider scope than function set up in the session (see
+# race.runner.forget_finished_finalizers).
+scoped_fixturedefs_key = pytest.StashKey["set[Any]"]()

@@ -1,9 +1,12 @@
 """Reading and validating every knob: command-line options, ini keys and markers.
 
 Each parser takes the raw value and a description of where it came from, and
-raises :class:`pytest.UsageError` (options, ini) or a collection failure
-(markers) that names both.  Nothing here starts processes or imports
-``multiprocessing``.
+raises :class:`SettingError`, which the plugin turns into a
+:class:`pytest.UsageError` (options, ini) or a collection error (markers)
+that names both.  The session's :class:`Settings` are read once, in
+``pytest_configure``; an ``ipc_race`` test's marker is resolved once per
+item into its :class:`RacePlan` (:func:`race_plan`).  Nothing here starts
+processes or imports ``multiprocessing``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ class Settings:
     report_path: str | None
     shards: int = DEFAULT_SHARDS  # items each ipc_race test's runs are split into (for pytest-xdist)
     leak_check: str = "fail"  # off, warn or fail: what a leak found after a test does (leaks.py)
+
+
+settings_key = pytest.StashKey[Settings]()
+
+
+def settings(config: pytest.Config) -> Settings:
+    """The session's settings (read in ``pytest_configure``)."""
+    return config.stash[settings_key]
 
 
 def _is_number(value: Any) -> bool:
@@ -146,10 +157,10 @@ LEAK_CHECK_MODES = ("off", "warn", "fail")
 
 def leak_check(value: Any, where: str) -> str:
     """``off``, ``warn`` or ``fail``."""
-    text = value.strip().lower() if isinstance(value, str) else None
+    text = value.strip().lower() if isinstance(value, str) else ""
     if text not in LEAK_CHECK_MODES:
         raise SettingError(f"{where}: expected one of {', '.join(LEAK_CHECK_MODES)}; got {safe_repr(value)}")
-    return text  # type: ignore[return-value]
+    return text
 
 
 def jitter(value: Any, where: str) -> float:
@@ -167,6 +178,14 @@ def jitter(value: Any, where: str) -> float:
     if not _is_number(value) or not 0 <= value <= 1:  # NaN fails the comparison
         raise SettingError(f"{where}: {expected}, got {safe_repr(raw)}")
     return float(value)
+
+
+def jitter_name(value: float) -> str:
+    """How a jitter prints: its level's name, else the probability."""
+    for name, level in JITTER_LEVELS.items():
+        if level == value:
+            return name
+    return f"{value:g}"
 
 
 def _from(config: pytest.Config, option: str, ini: str) -> tuple[Any, str] | None:
@@ -220,11 +239,54 @@ def from_config(config: pytest.Config) -> Settings:
 
 @dataclass(frozen=True)
 class RaceSpec:
+    """``@pytest.mark.ipc_race(...)`` as written: None where it sets nothing."""
+
     runs: int | None
     budget: float | None
     expect: Any
     jitter: float | None
     has_expect: bool
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """How an ``ipc_race`` test runs: its marker resolved against the session's settings."""
+
+    runs: int
+    budget: float | None  # no new run starts after this many seconds; None: no limit
+    jitter: float
+    expect: Any
+    has_expect: bool
+    runs_from_marker: bool  # the marker set runs=: then the session's budget does not apply
+
+
+plan_key = pytest.StashKey[RacePlan]()
+
+
+def race_plan(node: pytest.Item) -> RacePlan | None:
+    """The plan of an ``ipc_race`` test (resolved once per node), or None for other tests.
+
+    Raises :class:`SettingError` for a bad marker; at collection that
+    becomes a collection error, so no item with a bad marker ever runs.
+    """
+    plan = node.stash.get(plan_key, None)
+    if plan is not None:
+        return plan
+    mark = node.get_closest_marker("ipc_race")
+    if mark is None:
+        return None
+    spec = race_spec(mark, node.nodeid)
+    cfg = settings(node.config)
+    plan = RacePlan(
+        runs=spec.runs or cfg.runs,
+        budget=spec.budget if spec.budget is not None else (None if spec.runs else cfg.budget),
+        jitter=cfg.jitter if spec.jitter is None else spec.jitter,
+        expect=spec.expect,
+        has_expect=spec.has_expect,
+        runs_from_marker=spec.runs is not None,
+    )
+    node.stash[plan_key] = plan
+    return plan
 
 
 _NO_EXPECT = object()
@@ -291,6 +353,19 @@ def _timeout_signature(seconds: Any) -> None:
 def timeout_mark(mark: pytest.Mark, nodeid: str) -> float:
     where = f"{nodeid}: {_mark_text(mark)}"
     return positive_seconds(_bind(_timeout_signature, mark, where).arguments["seconds"], where)
+
+
+timeout_key = pytest.StashKey[float]()
+
+
+def item_timeout(item: pytest.Item) -> float:
+    """The timeout of the test's blocking calls: its ``ipc_timeout`` marker, else the session's."""
+    cached = item.stash.get(timeout_key, None)
+    if cached is None:
+        mark = item.get_closest_marker("ipc_timeout")
+        cached = timeout_mark(mark, item.nodeid) if mark else settings(item.config).timeout
+        item.stash[timeout_key] = cached
+    return cached
 
 
 def start_methods_mark(mark: pytest.Mark, nodeid: str) -> tuple[str, ...]:

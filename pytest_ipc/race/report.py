@@ -13,40 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from typing import Any
 
 import pytest
 
-from pytest_ipc import state
-
-# 2: verdict "incomplete" with "missing_shards", and "interrupted" entries.
-SCHEMA_VERSION = 2
-
-# A shard's part of a node id, between the id's brackets or dashes: ``shard2of4``.
-_SHARD_TOKEN = re.compile(r"(?<=[\[-])shard(\d+)of(\d+)(?=[\]-])")
-
-
-def shard_of_nodeid(nodeid: str, shards: int) -> tuple[str, int, int] | None:
-    """The base node id, shard number (from 1) and shard count of a shard's node id, or None.
-
-    The controller of pytest-xdist has no items, only node ids: a crashed
-    shard is known by its id alone.  ``shards`` is the session's
-    ``--ipc-shards``; a test is never split into more.
-    """
-    from pytest_ipc.race import Shard, base_nodeid
-
-    if shards < 2 or "[" not in nodeid:
-        return None
-    params = nodeid[nodeid.index("["):]
-    found = list(_SHARD_TOKEN.finditer(params))
-    if not found:
-        return None
-    number, count = int(found[-1].group(1)), int(found[-1].group(2))
-    if not 2 <= count <= shards or not 1 <= number <= count:
-        return None
-    return base_nodeid(nodeid, Shard(number - 1, count)), number, count
+from pytest_ipc import stash
+from pytest_ipc.config import settings
+from pytest_ipc.race.schema import SCHEMA_VERSION, MissingShard, RaceEntry
+from pytest_ipc.race.verdict import Kind, format_histogram, merge
 
 
 def _missing_reason(report: pytest.TestReport) -> str:
@@ -70,11 +45,11 @@ class RaceReporter:
         self.config = config
         self.seed = seed
         self.report_path = report_path
-        self.results: dict[str, dict[str, Any]] = {}
-        self.shards: dict[str, dict[int, dict[str, Any]]] = {}  # base node id -> shard -> its data
-        # base node id -> shard -> {shard, of, nodeid, reason}: shards that crashed or never set up
-        self.missing: dict[str, dict[int, dict[str, Any]]] = {}
-        self.shard_limit = state.settings(config).shards  # --ipc-shards: no test has more
+        self.results: dict[str, RaceEntry] = {}
+        self.shards: dict[str, dict[int, RaceEntry]] = {}  # base node id -> shard -> its entry
+        # base node id -> shard -> the shards that crashed or never set up
+        self.missing: dict[str, dict[int, MissingShard]] = {}
+        self.shard_limit = settings(config).shards  # --ipc-shards: no test has more
         self.merged = False
         self.hidden_races: list[pytest.TestReport] = []  # merged verdicts that no shard's own verdict failed
         self.locations: dict[str, tuple[str, int | None, str]] = {}
@@ -83,15 +58,15 @@ class RaceReporter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "ipc_race", None)
         if report.when == "call" and isinstance(data, dict):
-            entry = dict(data, outcome=report.outcome, xfail=hasattr(report, "wasxfail"))
+            entry = RaceEntry(data, outcome=report.outcome, xfail=hasattr(report, "wasxfail"))  # type: ignore[typeddict-item]  # a RaceEntry that travelled as a dict
             base = data.get("base_nodeid")
             if base is None:
                 self.results[report.nodeid] = entry
             else:
-                self.results.setdefault(base, {})  # the test's place in the report; filled by _merge
+                self.results.setdefault(base, RaceEntry())  # the test's place in the report; filled by _merge
                 self.shards.setdefault(base, {})[data["shard"]] = entry
                 self.locations[base] = report.location
-        elif report.failed and not isinstance(data, dict):
+        elif report.failed and self.shard_limit > 1 and not isinstance(data, dict):
             self._note_missing(report)
 
     def _note_missing(self, report: pytest.TestReport) -> None:
@@ -100,13 +75,15 @@ class RaceReporter:
         Shards that later send their data (a crashed shard rescheduled by
         another plugin's ``pytest_handlecrashitem``) are merged as usual.
         """
+        from pytest_ipc.race.shards import shard_of_nodeid
+
         found = shard_of_nodeid(report.nodeid, self.shard_limit)
         if found is None:
             return
         base, number, count = found
-        self.results.setdefault(base, {})
+        self.results.setdefault(base, RaceEntry())
         self.missing.setdefault(base, {}).setdefault(
-            number, {"shard": number, "of": count, "nodeid": report.nodeid, "reason": _missing_reason(report)}
+            number, MissingShard(shard=number, of=count, nodeid=report.nodeid, reason=_missing_reason(report))
         )
 
     def _merge(self) -> None:
@@ -114,11 +91,9 @@ class RaceReporter:
         if self.merged:
             return
         self.merged = True
-        from pytest_ipc.race import merge_shards
-
         # The test that Ctrl-C or SIGTERM cut short: what its completed runs found.
-        for data in self.config.stash.get(state.interrupted_key, []):
-            self.results.setdefault(data["nodeid"], dict(data, outcome="interrupted", xfail=False))
+        for data in self.config.stash.get(stash.interrupted_key, []):
+            self.results.setdefault(data["nodeid"], RaceEntry(data, outcome="interrupted", xfail=False))
 
         for base in list(self.results):
             by_shard = self.shards.get(base, {})
@@ -128,15 +103,14 @@ class RaceReporter:
             gone = [missing[k] for k in sorted(missing)]
             if not by_shard:
                 # Every shard crashed or failed to set up: no run's data reached us.
-                self.results[base] = {
-                    "nodeid": base, "runs": 0, "failed_runs": 0, "distinct": 0, "histogram": [],
-                    "label": "outcome", "verdict": "incomplete", "start_method": None, "seed": self.seed,
-                    "jitter": None, "duration": 0.0, "shards": 0, "missing_shards": gone,
-                    "outcome": "failed", "xfail": False,
-                }
+                self.results[base] = RaceEntry(
+                    nodeid=base, runs=0, failed_runs=0, distinct=0, histogram=[], label="outcome",
+                    verdict=Kind.INCOMPLETE.value, start_method=None, seed=self.seed, jitter=None,
+                    duration=0.0, shards=0, missing_shards=gone, outcome="failed", xfail=False,
+                )
                 continue
             shards = [by_shard[k] for k in sorted(by_shard)]
-            merged, message = merge_shards(shards)
+            merged, message = merge(shards)
             xfail = any(d["xfail"] for d in shards)
             failed = any(d["outcome"] == "failed" for d in shards)
             if message is not None and not failed and not xfail:
@@ -145,12 +119,11 @@ class RaceReporter:
                     base, self.locations[base], {}, "failed", message, "call"
                 ))
                 failed = True
-            if gone and merged["verdict"] == "passed":
+            if gone and merged["verdict"] == Kind.PASSED.value:
                 # The shards that reported agree, but the runs of the others are unknown.
-                merged["verdict"] = "incomplete"
-            self.results[base] = dict(
-                merged, missing_shards=gone, outcome="failed" if failed or gone else "passed", xfail=xfail
-            )
+                merged["verdict"] = Kind.INCOMPLETE.value
+            merged.update(missing_shards=gone, outcome="failed" if failed or gone else "passed", xfail=xfail)
+            self.results[base] = merged
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -179,8 +152,6 @@ class RaceReporter:
             for gone in data.get("missing_shards", ()):
                 tr.write_line(f"  shard {gone['shard']} of {gone['of']} sent no result: {gone['reason']}", red=True)
             if verbose or data.get("interrupted"):
-                from pytest_ipc.race import format_histogram
-
                 rows = [(label, count) for label, count in data["histogram"]]
                 for line in format_histogram(rows, data.get("label", "outcome")).splitlines():
                     tr.write_line("  " + line)

@@ -1,0 +1,270 @@
+"""The IPC points: patches of the ``multiprocessing`` classes, each a preemption point.
+
+Every synchronized ``Value``/``Array`` read and write, ``Lock``/``RLock``
+entry and exit, ``Queue.put``/``get``, ``Connection.send``/``recv``,
+``Manager`` proxy call and ``SharedMemory.buf`` fetch passes a point
+(:func:`.stream.point`).  The patches are made on the classes, so they reach
+objects that the code under test creates itself as well as the fixtures'
+objects.  Each module is patched when it is imported (:mod:`.lazy`), so a
+worker pays only for the modules it uses.
+
+Processes that this process starts (``Process(target=...)``, a subclass
+that overrides ``run``) get amplification too, through the start patch
+(:mod:`..startpatch`): a :class:`ChildAmplify` layer switches it on in the
+child with a seed of its own, under fork, spawn and forkserver.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from types import ModuleType
+from typing import Any, Callable
+
+from pytest_ipc._worker import lazy, startpatch
+from pytest_ipc._worker.amplify import codepoints, locks, stream
+from pytest_ipc._worker.amplify.stream import point, thread_start
+
+Guard = Callable[[Any], bool]
+
+# ``guarded``, where given, is asked about the method's ``self``: see point().
+
+
+def _wrap_after(func: Callable[..., Any], on_result: Callable[[Any], None] | None = None,
+                guarded: Guard | None = None) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        if on_result is not None:
+            on_result(result)
+        point(guarded, args[0])
+        return result
+
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]  # marks it patched, as functools.wraps does
+    return wrapper
+
+
+def _wrap_before(func: Callable[..., Any], guarded: Guard | None = None) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        point(guarded, args[0])
+        return func(*args, **kwargs)
+
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]  # marks it patched
+    return wrapper
+
+
+def _wrap_around(func: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        point()
+        result = func(*args, **kwargs)
+        point()
+        return result
+
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]  # marks it patched
+    return wrapper
+
+
+def _feeder(feed: Callable[..., Any]) -> Callable[..., Any]:
+    def _feed(*args: Any, **kwargs: Any) -> Any:
+        thread_start()
+        return feed(*args, **kwargs)
+
+    _feed.__wrapped__ = feed  # type: ignore[attr-defined]  # marks it patched
+    return _feed
+
+
+def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = cls.__dict__.get(name)
+    if original is None or hasattr(original, "__wrapped__"):
+        return
+    setattr(cls, name, wrap(original))
+
+
+def _patch_property(cls: type, name: str, on_get: Callable[[Any], None] | None = None,
+                    guarded: Guard | None = None) -> None:
+    prop = cls.__dict__.get(name)
+    if not isinstance(prop, property) or getattr(prop.fget, "__wrapped__", None):
+        return
+    fget, fset = prop.fget, prop.fset
+    assert fget is not None
+    # A point after the read and one before the write: both fall inside
+    # the window of ``v.value += 1``, which is where updates get lost.
+    getter = _wrap_after(fget, on_get, guarded)
+    setter = _wrap_before(fset, guarded) if fset else None
+    setattr(cls, name, property(getter, setter, prop.fdel, prop.__doc__))
+
+
+def _lock_init(init: Callable[..., Any]) -> Callable[..., Any]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._ipc_pid = os.getpid()  # see locks.shared()
+
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]  # marks it patched
+    return __init__
+
+
+def _lock_enter(enter: Callable[..., Any]) -> Callable[..., Any]:
+    def __enter__(self: Any) -> Any:
+        point(locks.holds, self)  # quiet if it is taken again: then it is no boundary
+        result = enter(self)
+        if stream._amp is not None and locks.shared(self):
+            locks.shared_held.append(self)
+        return result
+
+    __enter__.__wrapped__ = enter  # type: ignore[attr-defined]  # marks it patched
+    return __enter__
+
+
+def _lock_exit(exit_: Callable[..., Any]) -> Callable[..., Any]:
+    def __exit__(self: Any, *args: Any) -> Any:
+        try:
+            locks.shared_held.remove(self)
+        except ValueError:  # a lock of this process's own, or entered before amplification began
+            pass
+        result = exit_(self, *args)
+        point(locks.holds, self)
+        return result
+
+    __exit__.__wrapped__ = exit_  # type: ignore[attr-defined]  # marks it patched
+    return __exit__
+
+
+# Inside a critical section of a lock that other workers share, a sleep only
+# makes them queue for it: on the locked counter such points were most of
+# amplification's cost.  So some points stay quiet there, where being quiet
+# hides no race:
+# - a synchronized Value/Array's, while its own lock is held: a worker that
+#   reads and writes it without that lock has points of its own;
+# - a lock's, while it is already held (an RLock entered again, as a
+#   synchronized Array's accessors do under ``with a.get_lock()``).
+# And code points act at a quarter of their rate under a lock shared with
+# other processes (see CodePoints.act).
+
+
+def _patch_sharedctypes(module: ModuleType) -> None:
+    _patch_property(module.Synchronized, "value", guarded=locks.holds_own_lock)
+    array = module.SynchronizedArray
+    for name in ("__getitem__", "__getslice__"):
+        _patch(array, name, functools.partial(_wrap_after, guarded=locks.holds_own_lock))
+    for name in ("__setitem__", "__setslice__"):
+        _patch(array, name, functools.partial(_wrap_before, guarded=locks.holds_own_lock))
+
+
+def _patch_synchronize(module: ModuleType) -> None:
+    _patch(module.SemLock, "__init__", _lock_init)
+    _patch(module.SemLock, "__enter__", _lock_enter)
+    _patch(module.SemLock, "__exit__", _lock_exit)
+
+
+def _patch_queues(module: ModuleType) -> None:
+    queue = module.Queue
+    feed = queue.__dict__["_feed"].__func__
+    if not hasattr(feed, "__wrapped__"):
+        queue._feed = staticmethod(_feeder(feed))
+    _patch(queue, "put", _wrap_before)
+    _patch(queue, "get", _wrap_after)
+
+
+def _patch_connection(module: ModuleType) -> None:
+    base = module._ConnectionBase
+    _patch(base, "send", _wrap_before)
+    _patch(base, "send_bytes", _wrap_before)
+    _patch(base, "recv", _wrap_after)
+    _patch(base, "recv_bytes", _wrap_after)
+
+
+def _patch_managers(module: ModuleType) -> None:
+    _patch(module.BaseProxy, "_callmethod", _wrap_around)
+
+
+def _patch_shared_memory(module: ModuleType) -> None:
+    _patch_property(module.SharedMemory, "buf", _buf_fetched)
+
+
+def _buf_fetched(buf: Any) -> None:
+    # The one hook a SharedMemory has: its buffer is about to be used.
+    if codepoints.due is not None:
+        codepoints.on_demand()
+
+
+# The modules whose classes have points, and their patches.  The fork
+# server preloads them (see pytest_ipc.fixtures.FORK_SERVER_PRELOAD), so
+# that its workers inherit them imported.
+PATCHES: dict[str, Callable[[ModuleType], None]] = {
+    "multiprocessing.sharedctypes": _patch_sharedctypes,
+    "multiprocessing.synchronize": _patch_synchronize,
+    "multiprocessing.queues": _patch_queues,
+    "multiprocessing.connection": _patch_connection,
+    "multiprocessing.managers": _patch_managers,
+    "multiprocessing.shared_memory": _patch_shared_memory,
+}
+
+_installed = False
+
+
+def install() -> None:
+    """Patch the multiprocessing classes, each as its module is imported; once per process.
+
+    The patched methods pass their points only while amplification is on.
+    """
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    os.register_at_fork(after_in_child=locks.shared_held.clear)  # the parent's locks are not held here
+    for name, patch in PATCHES.items():
+        lazy.when_imported(name, patch)
+    startpatch.add_hook(_layer_for)
+
+
+# What this process hands on to the processes it starts (see hand_on()).
+_seed = 0
+_children = 0
+_child_p = 0.0
+
+
+def hand_on(seed: int, p: float) -> None:
+    """Amplify the processes this process starts from now on, with seeds derived from ``seed``."""
+    global _seed, _children, _child_p
+    install()
+    _seed, _children, _child_p = seed, 0, p
+
+
+def _layer_for(proc: Any) -> ChildAmplify | None:
+    """The layer of the next child this process starts, numbered in start order."""
+    global _children
+    if _child_p <= 0:
+        return None
+    _children += 1
+    return ChildAmplify(_seed, _children, _child_p)
+
+
+class ChildAmplify:
+    """The layer (see :mod:`..startpatch`) that switches amplification on in a child.
+
+    In a spawn or forkserver child the patches are installed as the layer is
+    unpickled, before the work's module is imported.  For a ``Process``
+    subclass's own ``run``, though, the child imports the subclass's module
+    as it unpickles the process, before the layer: a ``Lock`` made at that
+    module's import then counts as shared (see locks.shared()).
+    """
+
+    def __init__(self, seed: int, index: int, p: float) -> None:
+        self.seed = seed
+        self.index = index
+        self.p = p
+
+    def unpickled(self) -> None:
+        install()
+
+    def enter(self, work: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        from pytest_ipc._worker import amplify
+
+        # Its own children get seeds of their own, derived from its stream's key.
+        seed = int(random.Random(f"{self.seed}:{self.index}").getrandbits(32))
+        amplify.activate(seed, self.index, self.p, (work, *args, *kwargs.values()))
+
+    def exit(self) -> None:
+        # What runs after the work (multiprocessing's exit handlers, a spawn
+        # child's interpreter shutdown) is not the code under test.
+        codepoints.stop()
