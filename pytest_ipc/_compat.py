@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _pytest._io import TerminalWriter  # noqa: F401  (re-exported: how pytest prints a report's longrepr)
-from _pytest.runner import runtestprotocol  # noqa: F401  (re-exported: one run of an item, reports not logged)
+from _pytest._io import TerminalWriter as TerminalWriter  # how pytest prints a report's longrepr
+from _pytest.runner import runtestprotocol as runtestprotocol  # one run of an item, reports not logged
 
 
 def teardown_exact(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -23,11 +23,11 @@ def teardown_exact(item: pytest.Item, nextitem: pytest.Item | None) -> None:
 
 def report_sections(item: pytest.Item) -> list[tuple[str, str, str]]:
     """The captured output pytest adds to the item's reports, for this run."""
-    return item._report_sections  # type: ignore[attr-defined, no-any-return]  # set by pytest on every Item
+    return item._report_sections
 
 
 def set_report_sections(item: pytest.Item, sections: list[tuple[str, str, str]]) -> None:
-    item._report_sections = sections  # type: ignore[attr-defined]  # see report_sections()
+    item._report_sections = sections
 
 
 def fixture_finalizers(fixturedef: Any) -> list[Any] | None:

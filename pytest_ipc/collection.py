@@ -6,7 +6,7 @@ and the value, never an error in the middle of a run.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -67,8 +67,13 @@ def _parametrize_start_methods(metafunc: pytest.Metafunc) -> None:
 
         available = multiprocessing.get_all_start_methods()
         params = [
-            pytest.param(m, id=m, marks=() if m in available else pytest.mark.skip(
-                reason=f"start method {m!r} is not available on this platform"))
+            pytest.param(
+                m,
+                id=m,
+                marks=()
+                if m in available
+                else pytest.mark.skip(reason=f"start method {m!r} is not available on this platform"),
+            )
             for m in methods
         ]
         metafunc.parametrize("ipc_start_method", params)
@@ -110,8 +115,7 @@ def _validate_indirect_params(metafunc: pytest.Metafunc) -> None:
                 problem = fixtures.param_problem(name, params[name])
                 if problem is not None:
                     raise SettingError(
-                        f"{metafunc.definition.nodeid}: indirect parameter {params[name]!r} "
-                        f"of {name}: {problem}"
+                        f"{metafunc.definition.nodeid}: indirect parameter {params[name]!r} of {name}: {problem}"
                     )
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import inspect
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,7 @@ def shorten(text: str, limit: int) -> str:
     """
     if len(text) > limit:
         head = (limit - 3) * 2 // 3
-        text = text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+        text = text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text
@@ -226,8 +227,13 @@ def from_config(config: pytest.Config) -> Settings:
             seed=seed,
             jitter=_read(config, "--ipc-jitter", "ipc_jitter", jitter, JITTER_LEVELS[DEFAULT_JITTER]),
             report_path=config.getoption("ipc_report"),
-            shards=_read(config, "--ipc-shards", "ipc_shards",
-                         lambda raw, where: positive_int(raw, where, limit=MAX_SHARDS), DEFAULT_SHARDS),
+            shards=_read(
+                config,
+                "--ipc-shards",
+                "ipc_shards",
+                lambda raw, where: positive_int(raw, where, limit=MAX_SHARDS),
+                DEFAULT_SHARDS,
+            ),
             leak_check=_read(config, "--ipc-leak-check", "ipc_leak_check", leak_check, "fail"),
         )
     except SettingError as exc:
@@ -331,8 +337,7 @@ def race_spec(mark: pytest.Mark, nodeid: str) -> RaceSpec:
                     f"{where}: expect must be a hashable value or a list/set of them, "
                     f"got {safe_repr(expect)}: {safe_repr(choice)} {problem}"
                 )
-    return RaceSpec(runs=runs, budget=budget, expect=expect if has_expect else None,
-                    jitter=jit, has_expect=has_expect)
+    return RaceSpec(runs=runs, budget=budget, expect=expect if has_expect else None, jitter=jit, has_expect=has_expect)
 
 
 def _unhashable(value: Any) -> str:

@@ -15,9 +15,9 @@ import pytest
 Failed = pytest.fail.Exception
 
 __all__ = [
-    "RaceDetected",
     "LeakError",
     "LeakWarning",
+    "RaceDetected",
     "RunsFailed",
     "Terminated",
     "UnexpectedOutcome",
@@ -88,8 +88,16 @@ class Terminated(KeyboardInterrupt):
 
 # Report the public name users import, not the private module.
 for _cls in (
-    WorkerError, WorkerStartError, WorkerFailed, WorkerTimeout, RunsFailed, UnexpectedOutcome, RaceDetected,
-    LeakError, LeakWarning, Terminated,
+    WorkerError,
+    WorkerStartError,
+    WorkerFailed,
+    WorkerTimeout,
+    RunsFailed,
+    UnexpectedOutcome,
+    RaceDetected,
+    LeakError,
+    LeakWarning,
+    Terminated,
 ):
     _cls.__module__ = "pytest_ipc"
 del _cls

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator, NamedTuple, NoReturn
+from collections.abc import Iterator
+from typing import Any, NamedTuple, NoReturn
 
 import pytest
 
@@ -46,8 +47,7 @@ def _bad_param(fixture: str, param: Any, why: str) -> NoReturn:
 TYPECODES = frozenset("cubBhHiIlLqQfd")
 _VALUE_KEYS = ("typecode", "value", "lock")
 _NO_STRING_HINT = (
-    " There is no string typecode: for text use Array('c', b'...') (bytes) or a"
-    " Manager().Value(str, ...)."
+    " There is no string typecode: for text use Array('c', b'...') (bytes) or a Manager().Value(str, ...)."
 )
 
 
@@ -146,6 +146,7 @@ def preload_in_fork_server() -> None:
 def _value_args(request: pytest.FixtureRequest, default: tuple[Any, ...]) -> tuple[Any, Any, bool]:
     __tracebackhide__ = True
     name = request.fixturename
+    assert name is not None  # a fixture's own request
     param = getattr(request, "param", default)
     problem = param_problem(name, param)
     if problem is not None:
@@ -280,7 +281,7 @@ def _manager_address(basetemp: str) -> tuple[Any, str | None]:
     if _fits(path):
         return path, directory
     os.rmdir(directory)
-    fallback = connection.arbitrary_address("AF_UNIX")
+    fallback = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]  # public, not in typeshed
     if _fits(fallback):
         return fallback, None
     pytest.fail(
@@ -308,8 +309,10 @@ def _start_manager(ctx: Any, address: Any) -> tuple[Any, Any]:
     servers = [p for p in multiprocessing.active_children() if p not in before and p.name.startswith(prefix)]
     if len(servers) != 1:
         manager.shutdown()
-        pytest.fail(f"ipc_manager: expected one new {prefix}* process after starting the Manager, "
-                    f"found {servers}", pytrace=False)
+        pytest.fail(
+            f"ipc_manager: expected one new {prefix}* process after starting the Manager, found {servers}",
+            pytrace=False,
+        )
     return manager, servers[0]
 
 

@@ -33,8 +33,9 @@ import stat
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -110,24 +111,29 @@ class Leaks:
             exitcode = proc.exitcode
             where = "was still running" if exitcode is None else f"had exited with code {exitcode}"
             if proc in self.managers or "Manager-" in proc.name:
-                lines.append(f"Manager never shut down: its server process {proc.name} (pid {proc.pid}) "
-                             f"{where}; call manager.shutdown() or use it in a with block")
+                lines.append(
+                    f"Manager never shut down: its server process {proc.name} (pid {proc.pid}) "
+                    f"{where}; call manager.shutdown() or use it in a with block"
+                )
             else:
                 lines.append(f"process never joined: {proc.name} (pid {proc.pid}) {where}; call join() on it")
         for name in self.shm:
-            lines.append(f"SharedMemory never unlinked: {name!r} in {SHM_DIR}; call unlink() on it "
-                         "(close() only unmaps it)")
+            lines.append(
+                f"SharedMemory never unlinked: {name!r} in {SHM_DIR}; call unlink() on it (close() only unmaps it)"
+            )
         for conn in self.connections:
             kind = "pipe" if _is_pipe(conn) else "socket"
             end = "duplex" if conn.readable and conn.writable else "read end" if conn.readable else "write end"
-            lines.append(f"Pipe never closed: a Connection over a {kind}, fd {_fileno(conn)} ({end}); "
-                         "call close() on both ends of a Pipe (a Queue: close() and join_thread())")
+            lines.append(
+                f"Pipe never closed: a Connection over a {kind}, fd {_fileno(conn)} ({end}); "
+                "call close() on both ends of a Pipe (a Queue: close() and join_thread())"
+            )
         return lines
 
 
 def _fileno(conn: Any) -> int | None:
     try:
-        return conn.fileno()
+        return int(conn.fileno())
     except (OSError, ValueError):
         return None
 
@@ -160,7 +166,8 @@ def find(before: Snapshot, check_fds: bool, created_shm: set[str]) -> Leaks:
         new = {fd for fd, _, _ in _ipc_fds() - before.fds}
         if new:
             leaks.connections = [
-                obj for obj in gc.get_objects()
+                obj
+                for obj in gc.get_objects()
                 if isinstance(obj, Connection) and not obj.closed and _fileno(obj) in new
             ]
     if leaks.processes:
@@ -187,7 +194,7 @@ def clean_up(leaks: Leaks) -> None:
     for manager in leaks.managers.values():
         try:
             manager.shutdown()
-        except Exception:  # noqa: BLE001 - ended below like any other process
+        except Exception:
             pass
     for proc in leaks.processes:
         _end(proc)
@@ -201,10 +208,10 @@ def clean_up(leaks: Leaks) -> None:
 
 
 def _end(proc: Any) -> None:
-    from pytest_ipc.workers import descendants, kill_pids
+    from pytest_ipc.workers import descendant_pids, kill_pids
 
     if proc.exitcode is None:
-        descendants = descendants(proc.pid)
+        descendants = descendant_pids(proc.pid)
         proc.terminate()
         proc.join(END_GRACE)
         if proc.exitcode is None:
@@ -242,12 +249,12 @@ class _Registrations:
         original = resource_tracker.register
         seen = self.names
 
-        def register(name: str, rtype: str) -> None:
+        def register(name: Any, rtype: str) -> None:
             if rtype == "shared_memory":
                 seen.add(name)
             original(name, rtype)
 
-        register.__wrapped__ = original  # type: ignore[attr-defined]
+        register.__wrapped__ = original  # type: ignore[attr-defined]  # marks it wrapped, as functools.wraps does
         resource_tracker.register = register
         self._installed = True
 
@@ -302,7 +309,7 @@ def _ipc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     )
     if mode == "warn":
         # Shown at the test's own line, where the leak is to be fixed.
-        path, lineno, _ = item.location
+        _, lineno, _ = item.location
         warnings.warn_explicit(LeakWarning(message), LeakWarning, str(item.path), (lineno or 0) + 1)
         return
     __tracebackhide__ = True

@@ -11,7 +11,8 @@ whose tests use none of this costs next to nothing.
 from __future__ import annotations
 
 import sys
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -68,38 +69,83 @@ NUMBER_OR_TEXT: Any = (str | int | float) if pytest.version_tuple >= (9, 2) else
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ipc", "pytest-ipc: multiprocessing fixtures and race detection")
-    group.addoption("--ipc-start-method", dest="ipc_start_method", default=None, metavar="METHOD",
-                    help="start method of the IPC fixtures: fork, spawn, forkserver or all "
-                         "(all runs each test under every available method). Default: the platform's.")
-    group.addoption("--ipc-timeout", dest="ipc_timeout", default=None, metavar="SECONDS",
-                    help=f"timeout of every blocking call of the IPC fixtures (default {config_mod.DEFAULT_TIMEOUT:g}).")
-    group.addoption("--ipc-runs", dest="ipc_runs", default=None, metavar="N",
-                    help=f"runs of an ipc_race test whose marker sets none (default {config_mod.DEFAULT_RUNS}).")
-    group.addoption("--ipc-budget", dest="ipc_budget", default=None, metavar="SECONDS",
-                    help="no new run of an ipc_race test starts after this many seconds, unless its marker "
-                         f"sets runs= (default {config_mod.DEFAULT_BUDGET:g}; 'none' for no limit).")
-    group.addoption("--ipc-seed", dest="ipc_seed", default=None, metavar="N",
-                    help="session seed from which every run's seed is derived (default: random, printed in the header).")
-    group.addoption("--ipc-jitter", dest="ipc_jitter", default=None, metavar="LEVEL",
-                    help="race amplification in ipc_race runs: off, low, high or a probability (default low).")
-    group.addoption("--ipc-report", dest="ipc_report", default=None, metavar="PATH",
-                    help="write the race report of the session as JSON to PATH.")
-    group.addoption("--ipc-shards", dest="ipc_shards", default=None, metavar="K",
-                    help="split the runs of every ipc_race test into K test items [shard1ofK] ... that "
-                         "pytest-xdist spreads over its workers; the verdicts are merged per test (default 1).")
-    group.addoption("--ipc-leak-check", dest="ipc_leak_check", default=None, metavar="MODE",
-                    help="what a process, SharedMemory segment, Pipe or Manager that a pytest-ipc test "
-                         "leaves behind does: fail the test, warn, or off (default fail).")
+    group.addoption(
+        "--ipc-start-method",
+        dest="ipc_start_method",
+        default=None,
+        metavar="METHOD",
+        help="start method of the IPC fixtures: fork, spawn, forkserver or all "
+        "(all runs each test under every available method). Default: the platform's.",
+    )
+    group.addoption(
+        "--ipc-timeout",
+        dest="ipc_timeout",
+        default=None,
+        metavar="SECONDS",
+        help=f"timeout of every blocking call of the IPC fixtures (default {config_mod.DEFAULT_TIMEOUT:g}).",
+    )
+    group.addoption(
+        "--ipc-runs",
+        dest="ipc_runs",
+        default=None,
+        metavar="N",
+        help=f"runs of an ipc_race test whose marker sets none (default {config_mod.DEFAULT_RUNS}).",
+    )
+    group.addoption(
+        "--ipc-budget",
+        dest="ipc_budget",
+        default=None,
+        metavar="SECONDS",
+        help="no new run of an ipc_race test starts after this many seconds, unless its marker "
+        f"sets runs= (default {config_mod.DEFAULT_BUDGET:g}; 'none' for no limit).",
+    )
+    group.addoption(
+        "--ipc-seed",
+        dest="ipc_seed",
+        default=None,
+        metavar="N",
+        help="session seed from which every run's seed is derived (default: random, printed in the header).",
+    )
+    group.addoption(
+        "--ipc-jitter",
+        dest="ipc_jitter",
+        default=None,
+        metavar="LEVEL",
+        help="race amplification in ipc_race runs: off, low, high or a probability (default low).",
+    )
+    group.addoption(
+        "--ipc-report",
+        dest="ipc_report",
+        default=None,
+        metavar="PATH",
+        help="write the race report of the session as JSON to PATH.",
+    )
+    group.addoption(
+        "--ipc-shards",
+        dest="ipc_shards",
+        default=None,
+        metavar="K",
+        help="split the runs of every ipc_race test into K test items [shard1ofK] ... that "
+        "pytest-xdist spreads over its workers; the verdicts are merged per test (default 1).",
+    )
+    group.addoption(
+        "--ipc-leak-check",
+        dest="ipc_leak_check",
+        default=None,
+        metavar="MODE",
+        help="what a process, SharedMemory segment, Pipe or Manager that a pytest-ipc test "
+        "leaves behind does: fail the test, warn, or off (default fail).",
+    )
     parser.addini("ipc_start_method", "default start method of the IPC fixtures", default="")
     parser.addini("ipc_timeout", "default timeout in seconds of the IPC fixtures", NUMBER_OR_TEXT, default="")
     parser.addini("ipc_runs", "default number of runs of an ipc_race test", NUMBER_OR_TEXT, default="")
     parser.addini("ipc_budget", "default time budget in seconds of an ipc_race test", NUMBER_OR_TEXT, default="")
     parser.addini("ipc_seed", "session seed of pytest-ipc", NUMBER_OR_TEXT, default="")
-    parser.addini("ipc_jitter", "race amplification level: off, low, high or a probability", NUMBER_OR_TEXT,
-                  default="")
+    parser.addini("ipc_jitter", "race amplification level: off, low, high or a probability", NUMBER_OR_TEXT, default="")
     parser.addini("ipc_leak_check", "leak check after pytest-ipc tests: off, warn or fail", default="")
-    parser.addini("ipc_shards", "number of test items each ipc_race test's runs are split into", NUMBER_OR_TEXT,
-                  default="")
+    parser.addini(
+        "ipc_shards", "number of test items each ipc_race test's runs are split into", NUMBER_OR_TEXT, default=""
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

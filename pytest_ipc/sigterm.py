@@ -17,12 +17,16 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 import pytest
 
 from pytest_ipc.collection import uses_plugin
 from pytest_ipc.errors import Terminated
+
+# From 3.12 os.fork() warns in a process that runs other threads.
+_FORK_WARNS = sys.version_info >= (3, 12)
 
 
 class SigtermHooks:
@@ -71,8 +75,10 @@ class SigtermHooks:
         """
         real_fork = self._real_fork
         assert real_fork is not None
-        if (signal.getsignal(signal.SIGTERM) != self.raise_terminated
-                or threading.current_thread() is not threading.main_thread()):
+        if (
+            signal.getsignal(signal.SIGTERM) != self.raise_terminated
+            or threading.current_thread() is not threading.main_thread()
+        ):
             return real_fork()
         interrupts = {signal.SIGTERM, signal.SIGINT}
         self._forking = True
@@ -96,7 +102,7 @@ class SigtermHooks:
         process) points at the code that called ``os.fork``, as without the wrapper."""
         real_fork = self._real_fork
         assert real_fork is not None
-        if sys.version_info < (3, 12):
+        if not _FORK_WARNS:
             return real_fork()  # no warning to move; catch_warnings would cost every fork
         caller = sys._getframe(2)  # here, fork() (which is os.fork), its caller
         with warnings.catch_warnings(record=True) as caught:
@@ -105,7 +111,10 @@ class SigtermHooks:
         if pid != 0:
             for w in caught:
                 warnings.warn_explicit(
-                    w.message, w.category, caller.f_code.co_filename, caller.f_lineno,
+                    w.message,
+                    w.category,
+                    caller.f_code.co_filename,
+                    caller.f_lineno,
                     module=caller.f_globals.get("__name__"),
                     registry=caller.f_globals.setdefault("__warningregistry__", {}),
                 )

@@ -15,8 +15,8 @@ import pytest
 from pytest_ipc.config import safe_repr, settings
 
 if TYPE_CHECKING:
-    from pytest_ipc.race.schema import RaceEntry
     from pytest_ipc.race.runner import RaceRun
+    from pytest_ipc.race.schema import RaceEntry
 
 
 def derive_seed(session_seed: int, nodeid: str, run: int) -> int:
@@ -92,9 +92,9 @@ def call_passed(item: pytest.Item) -> bool:
 
 
 # What the makereport hook needs to know while an ipc_race test runs.
-race_key = pytest.StashKey["RaceRun"]()
+race_key: pytest.StashKey[RaceRun] = pytest.StashKey()
 # The race entry of the ipc_race test that Ctrl-C or SIGTERM cut short.
-interrupted_key = pytest.StashKey["list[RaceEntry]"]()
+interrupted_key: pytest.StashKey[list[RaceEntry]] = pytest.StashKey()
 # Every fixture of a wider scope than function set up in the session (see
 # race.runner.forget_finished_finalizers).
-scoped_fixturedefs_key = pytest.StashKey["set[Any]"]()
+scoped_fixturedefs_key: pytest.StashKey[set[Any]] = pytest.StashKey()

@@ -17,9 +17,10 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from pytest_ipc._worker import bootstrap, shmlog
 from pytest_ipc._worker.protocol import ChildResult, ChildSpec, Stage, TargetRef, read_result, stack_path
@@ -113,7 +114,7 @@ def _is_bootstrap_frame(line: str) -> bool:
     line = line.strip()
     if not line.startswith('File "'):
         return False
-    filename, _, rest = line[len('File "'):].partition('", line ')
+    filename, _, rest = line[len('File "') :].partition('", line ')
     function = rest.rpartition(" in ")[2]
     return (filename, function) in _BOOTSTRAP_FRAMES
 
@@ -122,11 +123,13 @@ def _bootstrap_frames() -> frozenset[tuple[str, str]]:
     import multiprocessing.popen_fork
     import multiprocessing.process
 
-    return frozenset({
-        (bootstrap.__file__, "bootstrap"),
-        (multiprocessing.process.__file__, "_bootstrap"),
-        (multiprocessing.popen_fork.__file__, "_launch"),
-    })
+    return frozenset(
+        {
+            (bootstrap.__file__, "bootstrap"),
+            (multiprocessing.process.__file__, "_bootstrap"),
+            (multiprocessing.popen_fork.__file__, "_launch"),
+        }
+    )
 
 
 _BOOTSTRAP_FRAMES = _bootstrap_frames()
@@ -142,7 +145,7 @@ def trim_stack(text: str) -> str:
     out: list[str] = []
     skipping = False
     for line in text.splitlines():
-        if line.startswith("Fatal Python error") or line.startswith("Extension modules:"):
+        if line.startswith(("Fatal Python error", "Extension modules:")):
             continue
         if line.startswith(("Thread ", "Current thread ")) or not line.strip():
             skipping = False
@@ -166,7 +169,7 @@ _QUEUE_EXIT_HINT = (
 )
 
 
-def descendants(pid: int | None) -> list[int]:
+def descendant_pids(pid: int | None) -> list[int]:
     """PIDs of a process's children, grandchildren, ... (empty without psutil)."""
     if pid is None:
         return []
@@ -196,7 +199,7 @@ def _wait_exit(workers: Sequence[Worker], deadline: float) -> None:
         if remaining <= 0:
             return
         for sentinel in wait(list(pending), timeout=remaining):
-            pending.pop(sentinel)  # type: ignore[call-overload]
+            pending.pop(sentinel)
 
 
 def _pickle_hint(target: Any, method: str) -> str | None:
@@ -260,7 +263,7 @@ def _cause(worker: Worker) -> str | None:
     text = describe_exit(worker)
     if text is None:
         return None
-    return text[len(worker.label()):].strip()
+    return text[len(worker.label()) :].strip()
 
 
 def _start(proc: Any, method: str) -> list[warnings.WarningMessage]:
@@ -314,7 +317,7 @@ class IpcWorkers:
 
     @property
     def start_method(self) -> str:
-        return self._ctx.get_start_method()  # type: ignore[no-any-return]
+        return str(self._ctx.get_start_method())
 
     # -- starting ---------------------------------------------------------
 
@@ -340,8 +343,7 @@ class IpcWorkers:
             raise WorkerStartError(f"ipc_workers.start(): count must be a positive integer, got {count!r}")
         if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
             raise WorkerStartError(
-                f"ipc_workers.start(): args must be a tuple or list, got {args!r}"
-                " (for one argument write args=(x,))"
+                f"ipc_workers.start(): args must be a tuple or list, got {args!r} (for one argument write args=(x,))"
             )
         if kwargs is not None and not isinstance(kwargs, dict):
             raise WorkerStartError(f"ipc_workers.start(): kwargs must be a dict, got {kwargs!r}")
@@ -363,12 +365,20 @@ class IpcWorkers:
                 index = len(self.workers)
                 wname = f"{base}-{index}"
                 spec = ChildSpec(
-                    name=wname, index=index, workdir=self._workdir, ready=ready_w, go=go_r,
-                    timeout=self.timeout, seed=self.seed, jitter=self.jitter, parent_pid=parent_pid,
+                    name=wname,
+                    index=index,
+                    workdir=self._workdir,
+                    ready=ready_w,
+                    go=go_r,
+                    timeout=self.timeout,
+                    seed=self.seed,
+                    jitter=self.jitter,
+                    parent_pid=parent_pid,
                     shm_log=shmlog.current(),
                 )
                 proc = self._ctx.Process(
-                    target=bootstrap.bootstrap, name=wname,
+                    target=bootstrap.bootstrap,
+                    name=wname,
                     args=(spec, sent_target, tuple(args), dict(kwargs or {})),
                 )
                 worker = Worker(wname, index, proc)
@@ -474,7 +484,7 @@ class IpcWorkers:
                 if remaining <= 0:
                     self._hang(list(pending.values()), group, f"still running after the {limit:g}s timeout")
                 for sentinel in wait(list(pending), timeout=remaining):
-                    worker = pending.pop(sentinel)  # type: ignore[call-overload]
+                    worker = pending.pop(sentinel)
                     self._collect(worker)
                     if describe_exit(worker) is not None:
                         self._fail_fast(list(pending.values()))
@@ -518,10 +528,12 @@ class IpcWorkers:
         """Collect the stacks of ``hung`` workers, end them all, raise WorkerTimeout."""
         __tracebackhide__ = True
         for w in hung:
-            w.descendants = descendants(w.pid)
+            if w.pid is None:  # never started: nothing to ask for its stacks
+                continue
+            w.descendants = descendant_pids(w.pid)
             w.killed_for_hang = True
             try:
-                os.kill(w.pid, signal.SIGABRT)  # type: ignore[arg-type]
+                os.kill(w.pid, signal.SIGABRT)
             except ProcessLookupError:
                 pass
         _wait_exit(hung, time.monotonic() + ABORT_GRACE)
@@ -565,9 +577,9 @@ class IpcWorkers:
         """SIGKILL ``workers`` not collected yet, and their descendants, and reap them."""
         live = [w for w in workers if not w.joined and w.pid is not None]
         for w in live:
-            if w.process.exitcode is None:
-                w.descendants = w.descendants or descendants(w.pid)
-                kill_pids([w.pid])  # type: ignore[list-item]
+            if w.process.exitcode is None and w.pid is not None:
+                w.descendants = w.descendants or descendant_pids(w.pid)
+                kill_pids([w.pid])
             kill_pids(w.descendants)
         _wait_exit(live, time.monotonic() + KILL_GRACE)
 
@@ -628,7 +640,7 @@ def _release(go_w: Any, count: int) -> None:
     """Open the start barrier: one byte for each worker of the group."""
     data = memoryview(b"g" * count)
     while data:
-        data = data[os.write(go_w.fileno(), data):]
+        data = data[os.write(go_w.fileno(), data) :]
 
 
 def _drain_ready(ready_r: Any, waiting: dict[int, Worker]) -> bool:

@@ -11,7 +11,8 @@ import functools
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pytest_ipc._worker.protocol import ChildResult, ChildSpec, Stage, TargetRef, stack_path, write_result
 
@@ -33,16 +34,23 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
     spec.ready.send(spec.index)
     spec.ready.close()
     if not _pass_barrier(spec.go, spec.timeout):
-        write_result(spec.workdir, spec.index, ChildResult(
-            Stage.BARRIER, exc_type="TimeoutError",
-            message=f"the start barrier was not released within {spec.timeout:g}s"))
+        write_result(
+            spec.workdir,
+            spec.index,
+            ChildResult(
+                Stage.BARRIER,
+                exc_type="TimeoutError",
+                message=f"the start barrier was not released within {spec.timeout:g}s",
+            ),
+        )
         raise SystemExit(1)
 
-    amplify = None
+    stop_code_points: Callable[[], None] | None = None
     if spec.jitter > 0:
         from pytest_ipc._worker import amplify
 
         amplify.activate(spec.seed, spec.index, spec.jitter, (func, *args, *kwargs.values()))
+        stop_code_points = amplify.stop_code_points
 
     try:
         value = func(*args, **kwargs)
@@ -52,12 +60,12 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
         write_result(spec.workdir, spec.index, error_result(Stage.RUN, exc))
         raise SystemExit(1) from None
     finally:
-        if amplify is not None:
+        if stop_code_points is not None:
             # The worker's own code is done: what runs from here on (writing
             # the result, multiprocessing's exit handlers) is ours and the
             # standard library's, and before 3.12 a trace function would slow
             # all of it.  The IPC points stay, for queues flushed at exit.
-            amplify.stop_code_points()
+            stop_code_points()
 
     if value is not None:
         try:
@@ -106,13 +114,13 @@ def _load_traceback(exc: BaseException, target: Any) -> str:
 _PR_SET_PDEATHSIG = 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def libc_prctl() -> Callable[..., int] | None:
     """libc's prctl, looked up once: in the parent, so that fork workers inherit it."""
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]  # a ctypes function
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # pragma: no cover - no libc prctl
         return None
 
@@ -177,7 +185,7 @@ def _prepare_process(spec: ChildSpec) -> None:
             pass
     # Kept open for the life of the process: faulthandler writes to its fd
     # from a signal handler, on SIGABRT (a hang) and on a crash.
-    stack_file = open(stack_path(spec.workdir, spec.index), "w")  # noqa: SIM115
+    stack_file = open(stack_path(spec.workdir, spec.index), "w")
     faulthandler.enable(file=stack_file, all_threads=True)
 
 

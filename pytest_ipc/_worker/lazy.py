@@ -11,8 +11,9 @@ imported already, else right after it is, from a finder on ``sys.meta_path``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 Patch = Callable[[ModuleType], None]
 
@@ -42,7 +43,7 @@ class _Finder:
             spec = finder.find_spec(name, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader, name)
+                    spec.loader = _PatchingLoader(spec.loader, name)  # type: ignore[assignment]  # a loader by its methods, as importlib takes it
                 return spec
         return None
 

@@ -21,7 +21,8 @@ import enum
 import importlib
 import os
 import pickle
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 
 class TargetRef(NamedTuple):
@@ -137,9 +138,13 @@ def read_result(workdir: str, index: int) -> ChildResult | None:
     except FileNotFoundError:
         return None
     except Exception as exc:  # a torn or unloadable result is itself a failure
-        return ChildResult(Stage.RETURN, exc_type=type(exc).__qualname__,
-                           message=f"the result file could not be read: {exc}")
+        return ChildResult(
+            Stage.RETURN, exc_type=type(exc).__qualname__, message=f"the result file could not be read: {exc}"
+        )
     if not isinstance(result, ChildResult):
-        return ChildResult(Stage.RETURN, exc_type="TypeError",
-                           message=f"the result file held {type(result).__name__}, not a ChildResult")
+        return ChildResult(
+            Stage.RETURN,
+            exc_type="TypeError",
+            message=f"the result file held {type(result).__name__}, not a ChildResult",
+        )
     return result

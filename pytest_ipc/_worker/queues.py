@@ -38,7 +38,7 @@ class FanInTimeout(TimeoutError):
     """Not every producer sent its sentinel before the timeout."""
 
 
-class FanInQueue(queues.Queue):  # type: ignore[type-arg]
+class FanInQueue(queues.Queue):  # type: ignore[type-arg]  # generic in typeshed only, not at run time
     """A ``multiprocessing.Queue`` that can collect from N producers.
 
     Producers ``put`` their items and then one sentinel each (``DONE`` by
@@ -104,7 +104,7 @@ class FanInQueue(queues.Queue):  # type: ignore[type-arg]
         held) is abandoned rather than waited for.
         """
         fd = self._dup_reader()
-        if not self._closed:
+        if not self._closed:  # type: ignore[attr-defined]  # set by Queue.__init__, not in typeshed
             self.close()
         joiner = threading.Thread(target=self.join_thread, daemon=True, name="fanin_queue-close")
         joiner.start()
@@ -125,15 +125,15 @@ class FanInQueue(queues.Queue):  # type: ignore[type-arg]
             # Queue.close() leaves the read end, and the write end when no
             # feeder ever started, open until the queue is collected; the
             # fixture's queue must not outlive the test.
-            self._reader.close()
-            self._writer.close()
+            self._reader.close()  # type: ignore[attr-defined]  # set by Queue.__init__, not in typeshed
+            self._writer.close()  # type: ignore[attr-defined]  # set by Queue.__init__, not in typeshed
 
     def _dup_reader(self) -> int | None:
         """A private copy of the read end: the feeder closes the queue's own when it exits."""
         if sys.platform == "win32":  # pragma: no cover - select() does not take pipes there
             return None
         try:
-            return os.dup(self._reader.fileno())
+            return os.dup(self._reader.fileno())  # type: ignore[attr-defined]  # set by Queue.__init__, not in typeshed
         except (OSError, ValueError):  # already closed
             return None
 

@@ -133,8 +133,9 @@ def _install() -> None:
 def _patch_init(module: ModuleType) -> None:
     original = module.SharedMemory.__init__
 
-    def __init__(self: Any, name: str | None = None, create: bool = False, size: int = 0, *args: Any,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self: Any, name: str | None = None, create: bool = False, size: int = 0, *args: Any, **kwargs: Any
+    ) -> None:
         original(self, name, create, size, *args, **kwargs)
         if create:
             _note(self.name)

@@ -22,8 +22,9 @@ reached too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from multiprocessing import process
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 
 class Layer(Protocol):

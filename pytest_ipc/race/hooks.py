@@ -7,7 +7,8 @@ session next to nothing.
 
 from __future__ import annotations
 
-from typing import Any, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 import pytest
 
@@ -39,17 +40,18 @@ class RaceHooks:
         run = item.stash.get(stash.run_key, None)
         if run is None or not is_race(item):
             return (yield)
-        amplify = None
+        deactivate: Callable[[], None] | None = None
         if run.jitter > 0:
             from pytest_ipc._worker import amplify
 
             # Processes the test starts itself, not through ipc_workers, are amplified too.
             amplify.hand_on(run.seed, run.jitter)
+            deactivate = amplify.deactivate
         try:
             result = yield
         finally:
-            if amplify is not None:
-                amplify.deactivate()
+            if deactivate is not None:
+                deactivate()
         run.auto_total = _auto_total(item)
         return result
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -58,7 +58,7 @@ class RaceReporter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "ipc_race", None)
         if report.when == "call" and isinstance(data, dict):
-            entry = RaceEntry(data, outcome=report.outcome, xfail=hasattr(report, "wasxfail"))  # type: ignore[typeddict-item]  # a RaceEntry that travelled as a dict
+            entry = cast(RaceEntry, {**data, "outcome": report.outcome, "xfail": hasattr(report, "wasxfail")})
             base = data.get("base_nodeid")
             if base is None:
                 self.results[report.nodeid] = entry
@@ -93,7 +93,7 @@ class RaceReporter:
         self.merged = True
         # The test that Ctrl-C or SIGTERM cut short: what its completed runs found.
         for data in self.config.stash.get(stash.interrupted_key, []):
-            self.results.setdefault(data["nodeid"], RaceEntry(data, outcome="interrupted", xfail=False))
+            self.results.setdefault(data["nodeid"], RaceEntry(**data, outcome="interrupted", xfail=False))
 
         for base in list(self.results):
             by_shard = self.shards.get(base, {})
@@ -104,9 +104,21 @@ class RaceReporter:
             if not by_shard:
                 # Every shard crashed or failed to set up: no run's data reached us.
                 self.results[base] = RaceEntry(
-                    nodeid=base, runs=0, failed_runs=0, distinct=0, histogram=[], label="outcome",
-                    verdict=Kind.INCOMPLETE.value, start_method=None, seed=self.seed, jitter=None,
-                    duration=0.0, shards=0, missing_shards=gone, outcome="failed", xfail=False,
+                    nodeid=base,
+                    runs=0,
+                    failed_runs=0,
+                    distinct=0,
+                    histogram=[],
+                    label="outcome",
+                    verdict=Kind.INCOMPLETE.value,
+                    start_method=None,
+                    seed=self.seed,
+                    jitter=None,
+                    duration=0.0,
+                    shards=0,
+                    missing_shards=gone,
+                    outcome="failed",
+                    xfail=False,
                 )
                 continue
             shards = [by_shard[k] for k in sorted(by_shard)]
@@ -115,14 +127,12 @@ class RaceReporter:
             failed = any(d["outcome"] == "failed" for d in shards)
             if message is not None and not failed and not xfail:
                 # A report of its own (never logged as a test's) for the last line of the session.
-                self.hidden_races.append(pytest.TestReport(
-                    base, self.locations[base], {}, "failed", message, "call"
-                ))
+                self.hidden_races.append(pytest.TestReport(base, self.locations[base], {}, "failed", message, "call"))
                 failed = True
             if gone and merged["verdict"] == Kind.PASSED.value:
                 # The shards that reported agree, but the runs of the others are unknown.
                 merged["verdict"] = Kind.INCOMPLETE.value
-            merged.update(missing_shards=gone, outcome="failed" if failed or gone else "passed", xfail=xfail)
+            merged.update(RaceEntry(missing_shards=gone, outcome="failed" if failed or gone else "passed", xfail=xfail))
             self.results[base] = merged
 
     @pytest.hookimpl
@@ -135,8 +145,9 @@ class RaceReporter:
         verbose = self.config.getoption("verbose") > 0
         width = max(len(n) for n in self.results)
         for nodeid, data in self.results.items():
-            verdict = {"race": "RACE", "failed": "FAILED", "unexpected": "UNEXPECTED",
-                       "incomplete": "INCOMPLETE"}.get(data["verdict"], "passed")
+            verdict = {"race": "RACE", "failed": "FAILED", "unexpected": "UNEXPECTED", "incomplete": "INCOMPLETE"}.get(
+                data["verdict"], "passed"
+            )
             if data.get("interrupted"):
                 verdict = f"INTERRUPTED ({verdict.lower()} so far)"
             elif data.get("xfail"):
@@ -152,7 +163,7 @@ class RaceReporter:
             for gone in data.get("missing_shards", ()):
                 tr.write_line(f"  shard {gone['shard']} of {gone['of']} sent no result: {gone['reason']}", red=True)
             if verbose or data.get("interrupted"):
-                rows = [(label, count) for label, count in data["histogram"]]
+                rows = [(str(label), int(count)) for label, count in data["histogram"]]
                 for line in format_histogram(rows, data.get("label", "outcome")).splitlines():
                     tr.write_line("  " + line)
         tr.write_line(f"seed {self.seed}: rerun any of these with --ipc-seed={self.seed}")

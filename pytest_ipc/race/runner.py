@@ -89,7 +89,8 @@ def _run_once(item: pytest.Item, race: RaceRun, plan: RacePlan, index: int, seed
         del item.stash[stash.call_failed_key]
     _compat.set_report_sections(item, [])  # captured output of this run only
     race.phase_excinfo = {}
-    record.reports = _compat.runtestprotocol(item, log=False, nextitem=item.parent)  # type: ignore[arg-type]  # a parent stands in for the next item: tear down to it
+    # The parent stands in for the next item: each run's teardown goes down to it.
+    record.reports = _compat.runtestprotocol(item, log=False, nextitem=item.parent)  # type: ignore[arg-type]  # a node for an item
     forget_finished_finalizers(item)
     record.sections = list(_compat.report_sections(item))
     _score(record, race, item)
@@ -176,8 +177,9 @@ def start_method_of(item: pytest.Item) -> str:
     return multiprocessing.get_start_method(allow_none=True) or platform_default_start_method()
 
 
-def rerun_line(item: pytest.Item, cfg: Settings, plan: RacePlan, method: str | None,
-               unsharded: str | None = None) -> str:
+def rerun_line(
+    item: pytest.Item, cfg: Settings, plan: RacePlan, method: str | None, unsharded: str | None = None
+) -> str:
     """The command that replays ``item``; with ``unsharded``, that test id run as one item."""
     shard = shard_of(item)
     option = item.config.getoption
@@ -204,11 +206,17 @@ def rerun_line(item: pytest.Item, cfg: Settings, plan: RacePlan, method: str | N
     return " ".join(parts)
 
 
-def _result(item: pytest.Item, cfg: Settings, plan: RacePlan, records: list[RunRecord],
-            duration: float) -> RaceResult:
+def _result(item: pytest.Item, cfg: Settings, plan: RacePlan, records: list[RunRecord], duration: float) -> RaceResult:
     method = start_method_of(item)
-    return RaceResult(nodeid=item.nodeid, plan=plan, start_method=method, seed=cfg.seed,
-                      rerun=rerun_line(item, cfg, plan, method), records=records, duration=duration)
+    return RaceResult(
+        nodeid=item.nodeid,
+        plan=plan,
+        start_method=method,
+        seed=cfg.seed,
+        rerun=rerun_line(item, cfg, plan, method),
+        records=records,
+        duration=duration,
+    )
 
 
 def _log_verdict(item: pytest.Item, race: RaceRun, result: RaceResult, final_teardown: pytest.CallInfo[None]) -> None:
@@ -226,9 +234,14 @@ def _log_verdict(item: pytest.Item, race: RaceRun, result: RaceResult, final_tea
     if shard is not None:
         # What the controller needs to merge the shards into one verdict (see verdict.merge).
         base = base_nodeid(item.nodeid, shard)
-        entry.update(base_nodeid=base, shard=shard.index + 1, shard_count=shard.count,
-                     rerun=rerun_line(item, settings(item.config), result.plan, result.start_method,
-                                      unsharded=base))
+        entry.update(
+            RaceEntry(
+                base_nodeid=base,
+                shard=shard.index + 1,
+                shard_count=shard.count,
+                rerun=rerun_line(item, settings(item.config), result.plan, result.start_method, unsharded=base),
+            )
+        )
         if result.plan.has_expect:
             entry["expected"] = safe_repr(result.plan.expect)
     item.user_properties.extend(_junit_properties(entry))
@@ -253,8 +266,12 @@ def _log_verdict(item: pytest.Item, race: RaceRun, result: RaceResult, final_tea
 
 
 def _junit_properties(entry: RaceEntry) -> list[tuple[str, object]]:
-    return [("ipc_runs", entry["runs"]), ("ipc_distinct_outcomes", entry["distinct"]),
-            ("ipc_seed", entry["seed"]), ("ipc_verdict", entry["verdict"])]
+    return [
+        ("ipc_runs", entry["runs"]),
+        ("ipc_distinct_outcomes", entry["distinct"]),
+        ("ipc_seed", entry["seed"]),
+        ("ipc_verdict", entry["verdict"]),
+    ]
 
 
 def _name_verdict(report: pytest.TestReport, verdict: Verdict) -> None:

@@ -71,7 +71,7 @@ def shard_of_nodeid(nodeid: str, shards: int) -> tuple[str, int, int] | None:
     """
     if shards < 2 or "[" not in nodeid:
         return None
-    params = nodeid[nodeid.index("["):]
+    params = nodeid[nodeid.index("[") :]
     found = list(_SHARD_TOKEN.finditer(params))
     if not found:
         return None

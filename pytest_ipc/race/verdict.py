@@ -36,7 +36,7 @@ class RunRecord:
     sections: list[tuple[str, str, str]] = field(default_factory=list)  # this run's captured output
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     """A verdict; its value is its name in the JSON report."""
 
     PASSED = "passed"
@@ -45,9 +45,10 @@ class Kind(str, enum.Enum):
     UNEXPECTED = "unexpected"  # the runs agree on an outcome outside expect=
     INCOMPLETE = "incomplete"  # shards sent no result: the runs are not all known
 
-    def error_class(self) -> type[pytest.fail.Exception]:
+    def error_class(self) -> type[BaseException]:
         """The failure that reports this verdict."""
-        return {Kind.RACE: RaceDetected, Kind.UNEXPECTED: UnexpectedOutcome}.get(self, RunsFailed)
+        errors: dict[Kind, type[BaseException]] = {Kind.RACE: RaceDetected, Kind.UNEXPECTED: UnexpectedOutcome}
+        return errors.get(self, RunsFailed)
 
 
 def decide(runs: int, failed_runs: int, distinct: int, unexpected: bool) -> Kind:
@@ -125,7 +126,7 @@ def _fields_of(value: Any) -> tuple[str, list[tuple[str, Any]]] | None:
     kind = type(value)
     names = getattr(kind, "_fields", None)
     if isinstance(value, tuple) and isinstance(names, tuple) and len(names) == len(value):
-        return kind.__name__, list(zip(names, value))
+        return kind.__name__, list(zip(names, value, strict=True))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return kind.__qualname__, [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr]
     return None
@@ -309,17 +310,31 @@ class RaceResult:
         runs = f"{n} runs"
         if incomparable is not None and not failed:
             # Whether the runs agree is the question, and it has no answer.
-            return Verdict(Kind.FAILED, message(
-                f"cannot tell whether {runs} agree ({tail}): {incomparable}; record plain values "
-                "(numbers, strings, tuples of them)", rows, label, self.rerun))
+            return Verdict(
+                Kind.FAILED,
+                message(
+                    f"cannot tell whether {runs} agree ({tail}): {incomparable}; record plain values "
+                    "(numbers, strings, tuples of them)",
+                    rows,
+                    label,
+                    self.rerun,
+                ),
+            )
         unexpected, detail = False, ""
         if self.plan.has_expect and not failed and len(rows) == 1:
             try:  # the runs agree: one of them stands for all
                 unexpected = not _expected(self.plan, records[0].outcome)
             except Exception as exc:
-                return Verdict(Kind.UNEXPECTED, message(
-                    f"outcome {safe_repr(records[0].outcome)} of all {runs} cannot be compared with the "
-                    f"expected {safe_repr(self.plan.expect)}: {safe_repr(exc)} ({tail})", rows, label, self.rerun))
+                return Verdict(
+                    Kind.UNEXPECTED,
+                    message(
+                        f"outcome {safe_repr(records[0].outcome)} of all {runs} cannot be compared with the "
+                        f"expected {safe_repr(self.plan.expect)}: {safe_repr(exc)} ({tail})",
+                        rows,
+                        label,
+                        self.rerun,
+                    ),
+                )
         kind = decide(n, len(failed), len(rows), unexpected)
         if kind is Kind.PASSED:
             return Verdict(kind)
@@ -328,8 +343,14 @@ class RaceResult:
             call = next((r for r in first.reports if r.failed), None)
             text = _longrepr_text(call.longrepr) if call is not None and call.longrepr is not None else first.failure
             detail = f"first failure (run {first.index}, seed {first.seed}):\n{text}"
-        head = headline(kind, runs=runs, failed_runs=len(failed), label=label,
-                        outcome=safe_repr(records[0].outcome), expected=safe_repr(self.plan.expect))
+        head = headline(
+            kind,
+            runs=runs,
+            failed_runs=len(failed),
+            label=label,
+            outcome=safe_repr(records[0].outcome),
+            expected=safe_repr(self.plan.expect),
+        )
         return Verdict(kind, message(f"{head} ({tail})", rows, label, self.rerun, detail))
 
     def entry(self, verdict: Verdict) -> RaceEntry:
@@ -359,7 +380,7 @@ def _longrepr_text(longrepr: Any) -> str:
     if hasattr(longrepr, "toterminal"):
         import io
 
-        from _pytest._io import TerminalWriter  # the writer pytest itself prints reports with
+        from pytest_ipc._compat import TerminalWriter
 
         out = io.StringIO()
         longrepr.toterminal(TerminalWriter(file=out))
@@ -385,23 +406,31 @@ def merge(shards: list[RaceEntry]) -> tuple[RaceEntry, str | None]:
     # Every shard checked the one outcome against expect: any that found it unexpected speaks for all.
     unexpected = any(d["verdict"] == Kind.UNEXPECTED.value for d in shards)
     kind = decide(runs, failed_runs, len(rows), unexpected)
-    merged = RaceEntry(first)
+    merged = RaceEntry(**first)
     for key in SHARD_ONLY:
-        merged.pop(key, None)  # type: ignore[misc]  # TypedDict keys, popped by name
+        merged.pop(key, None)  # type: ignore[misc]  # each is a key of RaceEntry that may be absent
     merged.update(
-        nodeid=first["base_nodeid"],
-        runs=runs,
-        failed_runs=failed_runs,
-        distinct=len(rows),
-        histogram=[[k, n] for k, n in rows],
-        label=label,
-        verdict=kind.value,
-        duration=round(sum(d["duration"] for d in shards), 4),  # run time summed over the shards
-        shards=len(shards),
+        RaceEntry(
+            nodeid=first["base_nodeid"],
+            runs=runs,
+            failed_runs=failed_runs,
+            distinct=len(rows),
+            histogram=[[k, n] for k, n in rows],
+            label=label,
+            verdict=kind.value,
+            duration=round(sum(d["duration"] for d in shards), 4),  # run time summed over the shards
+            shards=len(shards),
+        )
     )
     if kind is Kind.PASSED:
         return merged, None
     tail = settings_tail(first["start_method"], first["seed"], first["jitter"] or 0.0)
-    head = headline(kind, runs=f"{runs} runs of {len(shards)} shards", failed_runs=failed_runs, label=label,
-                    outcome=rows[0][0], expected=first.get("expected", "one"))
+    head = headline(
+        kind,
+        runs=f"{runs} runs of {len(shards)} shards",
+        failed_runs=failed_runs,
+        label=label,
+        outcome=rows[0][0],
+        expected=first.get("expected", "one"),
+    )
     return merged, message(f"{kind.error_class().__name__}: {head} ({tail})", rows, label, first["rerun"])

@@ -20,7 +20,8 @@ Standard library only: this runs in worker processes.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pytest_ipc._worker.amplify import codepoints, locks, patches, stream
 

@@ -18,8 +18,9 @@ import functools
 import opcode
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from types import CodeType, FrameType, FunctionType
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from pytest_ipc._worker import startpatch
 from pytest_ipc._worker.amplify import locks, stream
@@ -57,11 +58,16 @@ def _ctypes_kinds() -> tuple[type, ...]:
 
 # Instructions that write through a subscript or an attribute: the write half
 # of ``buf[0] += 1``, ``arr[i] = x`` or ``raw.value += 1``.
-_STORES = frozenset(opcode.opmap[name] for name in ("STORE_SUBSCR", "STORE_ATTR", "STORE_SLICE")
-                    if name in opcode.opmap)
+_STORES = frozenset(
+    opcode.opmap[name] for name in ("STORE_SUBSCR", "STORE_ATTR", "STORE_SLICE") if name in opcode.opmap
+)
 
 # pytest-ipc's own package: its frames are never the worker's own code.
 OWN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "")
+
+
+def _monitoring() -> Any:
+    return sys.monitoring  # type: ignore[attr-defined]  # new in 3.12; mypy checks the package as 3.11
 
 
 def _skipped_prefixes() -> tuple[str, ...]:
@@ -76,6 +82,8 @@ def _skipped_prefixes() -> tuple[str, ...]:
 
 
 SKIPPED = _skipped_prefixes()
+
+
 def _store_offsets(code: CodeType) -> frozenset[int]:
     """Offsets of the stores in ``code``, read straight off its bytecode.
 
@@ -109,7 +117,7 @@ def _traced_offsets(code: CodeType) -> frozenset[int]:
     return frozenset(found)
 
 
-def _lines_of(code: CodeType, offsets: frozenset[int]) -> frozenset[int]:
+def _lines_of(code: CodeType, offsets: frozenset[int]) -> frozenset[int | None]:
     """The line numbers the instructions at ``offsets`` belong to (one pass over both)."""
     wanted = sorted(offsets)
     lines: set[int | None] = set()
@@ -144,7 +152,7 @@ class CodePoints:
         self.amp = stream.Amplifier(seed, index, p, stream=":code")
         self.left = budget
         self.stores: dict[CodeType, frozenset[int]] = {}
-        self.store_lines: dict[CodeType, frozenset[int]] = {}
+        self.store_lines: dict[CodeType, frozenset[int | None]] = {}
         self.tool: int | None = None
         self.watched: list[CodeType] = []
         self._local = self.local  # one bound method, handed to every watched frame
@@ -219,7 +227,7 @@ class CodePoints:
     # -- sys.monitoring (3.12+) ------------------------------------------------
 
     def monitor(self, tool: int) -> None:
-        mon = sys.monitoring  # type: ignore[attr-defined]
+        mon = _monitoring()
         self.tool = tool
         # A forked child (or an earlier activation) may have inherited
         # PY_START switched off for code objects seen before: see them again.
@@ -229,14 +237,14 @@ class CodePoints:
         mon.set_events(tool, mon.events.PY_START)
 
     def on_start(self, code: CodeType, offset: int) -> Any:
-        mon = sys.monitoring  # type: ignore[attr-defined]
+        mon = _monitoring()
         if self.left > 0 and self.stores_in(code):
             mon.set_local_events(self.tool, code, mon.events.INSTRUCTION)
             self.watched.append(code)
         return mon.DISABLE  # once per code object is enough
 
     def on_instruction(self, code: CodeType, offset: int) -> Any:
-        mon = sys.monitoring  # type: ignore[attr-defined]
+        mon = _monitoring()
         if offset not in self.stores_in(code):
             return mon.DISABLE  # never again for this instruction
         self.left -= 1
@@ -250,7 +258,7 @@ class CodePoints:
         """Stop watching (3.12+); the tool id stays ours for the rest of the process."""
         if self.tool is None:
             return
-        mon = sys.monitoring  # type: ignore[attr-defined]
+        mon = _monitoring()
         mon.set_events(self.tool, 0)
         for code in self.watched:
             mon.set_local_events(self.tool, code, 0)
@@ -268,7 +276,7 @@ def _free_tool() -> int | None:
     profilers (2) and optimizers (5) ask for, and taking one would make such
     a tool fail to start in the worker.  4 first: Hypothesis traces with 3.
     """
-    mon = sys.monitoring  # type: ignore[attr-defined]
+    mon = _monitoring()
     for tool in (4, 3):
         owner = mon.get_tool(tool)
         if owner == _TOOL_NAME:
@@ -315,7 +323,7 @@ def on_demand(running: bool = True) -> None:
         return
     trace_own_code(*wanted)
     points = active
-    if points is None or sys.gettrace() is not points or not running:
+    if points is None or not running or not _is_tracing(points):
         return  # another tracer came first, or nothing of the worker's runs yet
     # The worker's own frames: from the caller of this module's hook up to
     # where pytest-ipc or the standard library called them.  Under fork the
@@ -327,6 +335,10 @@ def on_demand(running: bool = True) -> None:
         if points.stores_in(frame.f_code):
             points.watch(frame)
         frame = frame.f_back
+
+
+def _is_tracing(points: CodePoints) -> bool:
+    return sys.gettrace() is points
 
 
 # How many items of one list, tuple or dict argument are looked at.
@@ -387,4 +399,3 @@ def stop() -> None:
     points.stop()
     if sys.gettrace() is points:
         sys.settrace(None)
-

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+
 def holds(lock: Any) -> bool:
     """Whether this thread holds ``lock``, a multiprocessing ``Lock`` or ``RLock``.
 
@@ -23,12 +24,12 @@ def holds(lock: Any) -> bool:
     semlock = getattr(lock, "_semlock", None)
     if semlock is None:
         return False
-    from multiprocessing.synchronize import RECURSIVE_MUTEX  # imported already: a SemLock exists
+    from multiprocessing import synchronize  # imported already: a SemLock exists
 
     return (
         semlock.maxvalue == 1
         and bool(semlock._is_mine())
-        and (semlock.kind == RECURSIVE_MUTEX or semlock._get_value() == 0)
+        and (semlock.kind == synchronize.RECURSIVE_MUTEX or semlock._get_value() == 0)  # type: ignore[attr-defined]  # not in typeshed
     )
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import functools
 import os
 import random
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from pytest_ipc._worker import lazy, startpatch
 from pytest_ipc._worker.amplify import codepoints, locks, stream
@@ -31,8 +32,9 @@ Guard = Callable[[Any], bool]
 # ``guarded``, where given, is asked about the method's ``self``: see point().
 
 
-def _wrap_after(func: Callable[..., Any], on_result: Callable[[Any], None] | None = None,
-                guarded: Guard | None = None) -> Callable[..., Any]:
+def _wrap_after(
+    func: Callable[..., Any], on_result: Callable[[Any], None] | None = None, guarded: Guard | None = None
+) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         result = func(*args, **kwargs)
         if on_result is not None:
@@ -80,8 +82,9 @@ def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[.
     setattr(cls, name, wrap(original))
 
 
-def _patch_property(cls: type, name: str, on_get: Callable[[Any], None] | None = None,
-                    guarded: Guard | None = None) -> None:
+def _patch_property(
+    cls: type, name: str, on_get: Callable[[Any], None] | None = None, guarded: Guard | None = None
+) -> None:
     prop = cls.__dict__.get(name)
     if not isinstance(prop, property) or getattr(prop.fget, "__wrapped__", None):
         return

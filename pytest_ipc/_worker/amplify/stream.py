@@ -15,7 +15,8 @@ import os
 import random
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MAX_SLEEP = 0.0002
 # A worker's other thread (a Queue's feeder, the code under test's own) sleeps
@@ -138,7 +139,6 @@ def thread_start() -> None:
     amp = current()
     if amp is not None and amp.starting():
         amp.wait(THREAD_START_SLEEP)
-
 
 
 def start_main(amp: Amplifier | None) -> None:
