@@ -15,8 +15,7 @@ import inspect
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -40,8 +39,7 @@ class SettingError(ValueError):
     """A bad value; the message names the value and where it came from."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """The session-wide settings, validated once in ``pytest_configure``."""
 
     start_method: str | None  # None: platform default; "all": every available method
@@ -189,6 +187,25 @@ def jitter_name(value: float) -> str:
     return f"{value:g}"
 
 
+# The dests of pytest-ipc's command-line options (see plugin.pytest_addoption).
+OPTION_DESTS = (
+    "ipc_start_method",
+    "ipc_timeout",
+    "ipc_runs",
+    "ipc_budget",
+    "ipc_seed",
+    "ipc_jitter",
+    "ipc_report",
+    "ipc_shards",
+    "ipc_leak_check",
+)
+
+
+def options_given(config: pytest.Config) -> bool:
+    """Whether any --ipc-* option is on the command line."""
+    return any(config.getoption(dest) is not None for dest in OPTION_DESTS)
+
+
 def _from(config: pytest.Config, option: str, ini: str) -> tuple[Any, str] | None:
     """The raw value of a setting and where it came from: the option, else the ini key."""
     value = config.getoption(option.lstrip("-").replace("-", "_"))
@@ -243,8 +260,7 @@ def from_config(config: pytest.Config) -> Settings:
 # -- markers ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RaceSpec:
+class RaceSpec(NamedTuple):
     """``@pytest.mark.ipc_race(...)`` as written: None where it sets nothing."""
 
     runs: int | None
@@ -254,8 +270,7 @@ class RaceSpec:
     has_expect: bool
 
 
-@dataclass(frozen=True)
-class RacePlan:
+class RacePlan(NamedTuple):
     """How an ``ipc_race`` test runs: its marker resolved against the session's settings."""
 
     runs: int

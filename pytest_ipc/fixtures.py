@@ -132,8 +132,13 @@ def preload_in_fork_server() -> None:
 
     The list counts only when the fork server starts, which can be before
     the first ``ipc_context`` (a session fixture's ``Manager``): the plugin
-    sets it as pytest configures, and ``ipc_context`` again.
+    sets it once collection has found a test that uses it, before any
+    fixture is set up, and ``ipc_context`` again.
     """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
     from multiprocessing import forkserver
 
     # The list is not public; without it, the default one.

@@ -34,13 +34,11 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from pytest_ipc import stash
-from pytest_ipc._worker import shmlog
 from pytest_ipc.collection import uses_plugin
 from pytest_ipc.config import settings
 
@@ -85,22 +83,22 @@ def _children() -> set[Any]:
     return unjoined | set(multiprocessing.active_children())
 
 
-@dataclass
 class Snapshot:
     """What existed before the test: nothing of it counts as the test's leak."""
 
-    processes: set[Any] = field(default_factory=_children)
-    fds: frozenset[tuple[int, int, int]] = field(default_factory=_ipc_fds)
+    def __init__(self) -> None:
+        self.processes = _children()
+        self.fds = _ipc_fds()
 
 
-@dataclass
 class Leaks:
     """What a test left behind, and how to clean it up."""
 
-    processes: list[Any] = field(default_factory=list)
-    managers: dict[Any, Any] = field(default_factory=dict)  # server process -> its manager, if found
-    shm: list[str] = field(default_factory=list)
-    connections: list[Any] = field(default_factory=list)  # multiprocessing.connection.Connection
+    def __init__(self) -> None:
+        self.processes: list[Any] = []
+        self.managers: dict[Any, Any] = {}  # server process -> its manager, if found
+        self.shm: list[str] = []
+        self.connections: list[Any] = []  # multiprocessing.connection.Connection
 
     def __bool__(self) -> bool:
         return bool(self.processes or self.shm or self.connections)
@@ -284,6 +282,8 @@ def _ipc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     if mode == "off" or not isinstance(item, pytest.Item) or not uses_plugin(item):
         yield
         return
+    from pytest_ipc._worker import shmlog
+
     registrations = _Registrations()
     registrations.install()
     log = _child_segment_log(request)

@@ -151,18 +151,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
-    import dataclasses
-
     workerinput = getattr(config, "workerinput", None)
     cfg = config_mod.from_config(config)
     if workerinput is not None and "ipc_seed" in workerinput:
         # Every xdist worker uses the controller's seed, so runs replay anywhere.
-        cfg = dataclasses.replace(cfg, seed=workerinput["ipc_seed"])
+        cfg = cfg._replace(seed=workerinput["ipc_seed"])
     config.stash[config_mod.settings_key] = cfg
 
     from pytest_ipc.race.hooks import RaceHooks
+    from pytest_ipc.sigterm import SigtermHooks
 
     config.pluginmanager.register(RaceHooks(), "pytest_ipc.race")
+    config.pluginmanager.register(SigtermHooks(), "pytest_ipc.sigterm")
     if workerinput is None:
         from pytest_ipc.race.report import RaceReporter
 
@@ -170,19 +170,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # "xdist.plugin" when loaded with -p xdist.plugin and plugin autoload off.
     if config.pluginmanager.hasplugin("xdist") or config.pluginmanager.hasplugin("xdist.plugin"):
         config.pluginmanager.register(XdistHooks(), "pytest_ipc.xdist")
-    import signal
-    import threading
-
-    if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
-        from pytest_ipc.sigterm import SigtermHooks
-
-        config.pluginmanager.register(SigtermHooks(), "pytest_ipc.sigterm")
-    import multiprocessing
-
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        from pytest_ipc.fixtures import preload_in_fork_server
-
-        preload_in_fork_server()  # before any fork server starts
 
 
 class XdistHooks:
@@ -193,11 +180,45 @@ class XdistHooks:
         node.workerinput["ipc_seed"] = config_mod.settings(node.config).seed
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    import multiprocessing
+# Whether the session's header line was printed, and whether a collected test uses the plugin.
+_header_printed = pytest.StashKey[bool]()
+_session_uses_plugin = pytest.StashKey[bool]()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """The header line, at the start, when an --ipc-* option was given or under -v.
+
+    Otherwise it comes after collection, and only when a collected test uses
+    the plugin (see pytest_report_collectionfinish): a session that does not
+    use it prints nothing of it.
+    """
+    if config.get_verbosity() <= 0 and not config_mod.options_given(config):
+        return None
+    config.stash[_header_printed] = True
+    return _header(config)
+
+
+@pytest.hookimpl(trylast=True)  # after other plugins have deselected what will not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    used = any(collection.uses_plugin(item) for item in items)
+    config.stash[_session_uses_plugin] = used
+    if used:
+        from pytest_ipc.fixtures import preload_in_fork_server
+
+        preload_in_fork_server()  # before any fixture can start a fork server
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    if config.stash.get(_header_printed, False) or not config.stash.get(_session_uses_plugin, False):
+        return None
+    return _header(config)
+
+
+def _header(config: pytest.Config) -> str:
+    from pytest_ipc.fixtures import platform_default_start_method
 
     cfg = config_mod.settings(config)
-    method = cfg.start_method or f"{multiprocessing.get_all_start_methods()[0]} (platform default)"
+    method = cfg.start_method or f"{platform_default_start_method()} (platform default)"
     shards = f", shards {cfg.shards}" if cfg.shards > 1 else ""
     return (
         f"pytest-ipc: seed {cfg.seed}, start method {method}, timeout {cfg.timeout:g}s, "

@@ -6,8 +6,8 @@ disposition is replaced, and only around tests that use the plugin, so a
 handler of the user's or of another plugin is left alone.
 
 To keep a SIGTERM from being lost or from killing pytest mid-fork, the
-plugin object replaces ``os.fork`` for the session (:meth:`SigtermHooks.fork`)
-and puts it back at the end.
+handler comes with a wrapper of ``os.fork`` (:meth:`SigtermHooks.fork`),
+installed with it and removed with it.
 """
 
 from __future__ import annotations
@@ -34,29 +34,31 @@ class SigtermHooks:
 
     def __init__(self) -> None:
         self._pid = os.getpid()  # the pytest process; fork children end as they would without us
-        self._real_fork: Callable[[], int] | None = getattr(os, "fork", None)
+        self._real_fork: Callable[[], int] | None = None  # os.fork as it was before fork() replaced it
         # True while this process forks with SIGTERM blocked (see fork()), and
         # whether a SIGTERM came meanwhile.
         self._forking = False
         self._deferred = False
-        self._replaced = False
-        if self._real_fork is not None and hasattr(signal, "pthread_sigmask"):
-            os.fork = self.fork
-            self._replaced = True
-
-    def pytest_unconfigure(self) -> None:
-        if self._replaced and os.fork == self.fork:
-            assert self._real_fork is not None
-            os.fork = self._real_fork
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
-        if not uses_plugin(item) or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        if (
+            not hasattr(signal, "SIGTERM")
+            or threading.current_thread() is not threading.main_thread()
+            or not uses_plugin(item)
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        ):
             return (yield)
         signal.signal(signal.SIGTERM, self.raise_terminated)
+        wrapped = hasattr(os, "fork") and hasattr(signal, "pthread_sigmask")
+        if wrapped:
+            self._real_fork, os.fork = os.fork, self.fork
         try:
             return (yield)
         finally:
+            if wrapped and os.fork == self.fork:
+                assert self._real_fork is not None
+                os.fork = self._real_fork
             if signal.getsignal(signal.SIGTERM) == self.raise_terminated:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

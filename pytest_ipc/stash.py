@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -29,12 +28,12 @@ class UnhashableOutcome(TypeError):
     pass
 
 
-@dataclass
 class Outcome:
     """What one run of an ``ipc_race`` test recorded as its result (the ``ipc_outcome`` fixture)."""
 
-    recorded: bool = False
-    value: Any = None
+    def __init__(self) -> None:
+        self.recorded = False
+        self.value: Any = None
 
     def record(self, value: Any) -> None:
         """Record ``value`` (hashable: a number, string, tuple...) as this run's outcome."""
@@ -56,15 +55,15 @@ class Outcome:
         self.recorded = True
 
 
-@dataclass
 class RunState:
     """One run of a test: its index, seed, amplification and recorded outcome."""
 
-    index: int
-    seed: int
-    jitter: float
-    outcome: Outcome = field(default_factory=Outcome)
-    auto_total: Any = None  # shared_value / shared_array contents after the call
+    def __init__(self, index: int, seed: int, jitter: float) -> None:
+        self.index = index
+        self.seed = seed
+        self.jitter = jitter
+        self.outcome = Outcome()
+        self.auto_total: Any = None  # shared_value / shared_array contents after the call
 
 
 run_key = pytest.StashKey[RunState]()

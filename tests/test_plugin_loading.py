@@ -218,3 +218,80 @@ def test_session_without_ipc_behaves_as_without_the_plugin(pytester: pytest.Pyte
     with_plugin.stdout.fnmatch_lines(
         ["probe: mp children 0", "probe: os children []", "probe: launcher loaded False"]
     )
+
+
+# What only a test that uses the plugin needs: none of it is imported by a session without one.
+RUN_TIME_MODULES = (
+    "multiprocessing",
+    "pytest_ipc.workers",
+    "pytest_ipc.race.runner",
+    "pytest_ipc.race.verdict",
+    "pytest_ipc._worker.bootstrap",
+    "pytest_ipc._worker.amplify",
+    "pytest_ipc._worker.queues",
+    "pytest_ipc._worker.shmlog",
+)
+
+MODULES_PROBE = """
+import sys
+
+RUN_TIME_MODULES = {modules!r}
+
+
+def pytest_unconfigure(config):
+    loaded = sorted(m for m in RUN_TIME_MODULES if m in sys.modules)
+    print("probe: run-time modules", loaded)
+"""
+
+USES_IPC = """
+def test_plain():
+    pass
+
+
+def test_uses_ipc(ipc_start_method):
+    pass
+"""
+
+
+def test_a_session_without_ipc_tests_prints_no_header_and_imports_no_run_time_module(
+    pytester: pytest.Pytester,
+) -> None:
+    """No ipc test collected: no pytest-ipc header line, and none of its run-time modules imported."""
+    pytester.makeconftest(MODULES_PROBE.format(modules=RUN_TIME_MODULES))
+    pytester.makepyfile(NO_IPC_TESTS)
+    # Only this plugin, so that no other one imports multiprocessing.
+    pytester._monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = pytester.runpytest_subprocess("-p", "pytest_ipc", "-s", timeout=60)
+    result.assert_outcomes(passed=3, failed=1, skipped=1, xfailed=1, errors=1)
+    result.stdout.no_fnmatch_line("pytest-ipc:*")
+    result.stdout.fnmatch_lines(["probe: run-time modules []"])
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        pytest.param((), "after collection", id="a-test-uses-it"),
+        pytest.param(("-v",), "at the start", id="verbose"),
+        pytest.param(("--ipc-timeout=20",), "at the start", id="an-ipc-option"),
+    ],
+)
+def test_the_header_line_comes_when_the_session_uses_the_plugin(
+    pytester: pytest.Pytester, args: tuple[str, ...], where: str
+) -> None:
+    """The header line (with the seed) once: at the start under -v or an --ipc-* option, else after collection."""
+    pytester.makepyfile(USES_IPC)
+    result = pytester.runpytest_subprocess("-p", "pytest_ipc", *args, timeout=60)
+    result.assert_outcomes(passed=2)
+    headers = [i for i, line in enumerate(result.outlines) if line.startswith("pytest-ipc: seed ")]
+    assert len(headers) == 1, result.outlines
+    collected = next(i for i, line in enumerate(result.outlines) if "collected " in line)
+    assert (headers[0] > collected) is (where == "after collection"), result.outlines
+
+
+def test_no_header_line_when_a_session_without_ipc_tests_is_verbose_only_then(pytester: pytest.Pytester) -> None:
+    """A session whose tests use none of it prints the header line under -v only."""
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    quiet = pytester.runpytest_subprocess("-p", "pytest_ipc", timeout=60)
+    quiet.stdout.no_fnmatch_line("pytest-ipc:*")
+    verbose = pytester.runpytest_subprocess("-p", "pytest_ipc", "-v", timeout=60)
+    verbose.stdout.fnmatch_lines(["pytest-ipc: seed *"])

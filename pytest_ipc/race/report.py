@@ -21,7 +21,6 @@ import pytest
 from pytest_ipc import stash
 from pytest_ipc.config import settings
 from pytest_ipc.race.schema import SCHEMA_VERSION, MissingShard, RaceEntry
-from pytest_ipc.race.verdict import Kind, format_histogram, merge
 
 
 def _missing_reason(report: pytest.TestReport) -> str:
@@ -110,7 +109,7 @@ class RaceReporter:
                     distinct=0,
                     histogram=[],
                     label="outcome",
-                    verdict=Kind.INCOMPLETE.value,
+                    verdict="incomplete",
                     start_method=None,
                     seed=self.seed,
                     jitter=None,
@@ -122,6 +121,8 @@ class RaceReporter:
                 )
                 continue
             shards = [by_shard[k] for k in sorted(by_shard)]
+            from pytest_ipc.race.verdict import merge
+
             merged, message = merge(shards)
             xfail = any(d["xfail"] for d in shards)
             failed = any(d["outcome"] == "failed" for d in shards)
@@ -129,9 +130,9 @@ class RaceReporter:
                 # A report of its own (never logged as a test's) for the last line of the session.
                 self.hidden_races.append(pytest.TestReport(base, self.locations[base], {}, "failed", message, "call"))
                 failed = True
-            if gone and merged["verdict"] == Kind.PASSED.value:
+            if gone and merged["verdict"] == "passed":
                 # The shards that reported agree, but the runs of the others are unknown.
-                merged["verdict"] = Kind.INCOMPLETE.value
+                merged["verdict"] = "incomplete"
             merged.update(RaceEntry(missing_shards=gone, outcome="failed" if failed or gone else "passed", xfail=xfail))
             self.results[base] = merged
 
@@ -164,6 +165,8 @@ class RaceReporter:
                 tr.write_line(f"  shard {gone['shard']} of {gone['of']} sent no result: {gone['reason']}", red=True)
             if verbose or data.get("interrupted"):
                 rows = [(str(label), int(count)) for label, count in data["histogram"]]
+                from pytest_ipc.race.verdict import format_histogram
+
                 for line in format_histogram(rows, data.get("label", "outcome")).splitlines():
                     tr.write_line("  " + line)
         tr.write_line(f"seed {self.seed}: rerun any of these with --ipc-seed={self.seed}")
