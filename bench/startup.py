@@ -11,6 +11,13 @@ its per-test hooks.  Two measures, each with the plugin and without it
   imports lazily it imports again in the next);
 - subprocess: the wall time of ``python -m pytest -q test_one.py``.
 
+The sessions load no other plugin (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``):
+every other installed plugin adds its own cost and its own noise, which
+would hide a few milliseconds.  The arm with the plugin hands the module to
+``pytest.main(plugins=[...])`` rather than ``-p pytest_ipc``, whose lookup
+among the entry points (a few ms) pytest makes anyway when it autoloads.
+The subprocess arm with the plugin includes importing it.
+
     python bench/startup.py                 # 200 in-process sessions and 30 subprocesses per arm
     python bench/startup.py --repeat 400 --subprocesses 50
 """
@@ -41,17 +48,20 @@ OUTER = textwrap.dedent('''
 
     pytest_plugins = ["pytester"]
     REPEAT = int(os.environ["STARTUP_REPEAT"])
-    ARMS = (("with", ()), ("without", ("-p", "no:pytest_ipc")))
+    import pytest_ipc.plugin
+
+    ARMS = (("with", [pytest_ipc.plugin]), ("without", []))
 
 
     @pytest.mark.parametrize("n", range(REPEAT))
-    def test_inner_session(pytester, n):
+    def test_inner_session(pytester, monkeypatch, n):
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
         pytester.makepyfile(test_one={one!r})
         times = {{}}
         # Alternating: each pair of sessions in the other order from the last.
-        for arm, args in (ARMS if n % 2 else ARMS[::-1]):
+        for arm, plugins in (ARMS if n % 2 else ARMS[::-1]):
             started = time.perf_counter()
-            result = pytester.inline_run("-q", "-p", "no:cacheprovider", *args)
+            result = pytester.inline_run("-q", "-p", "no:cacheprovider", plugins=plugins)
             times[arm] = time.perf_counter() - started
             assert result.ret == 0
         with open(os.environ["STARTUP_OUT"], "a") as f:
@@ -81,14 +91,17 @@ def in_process(workdir: str, repeat: int) -> dict[str, list[float]]:
 def subprocesses(workdir: str, repeat: int) -> dict[str, list[float]]:
     with open(os.path.join(workdir, "test_one.py"), "w") as f:
         f.write(ONE_TEST)
-    env = dict(os.environ)
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     times: dict[str, list[float]] = {"with": [], "without": []}
-    arms = (("with", []), ("without", ["-p", "no:pytest_ipc"]))
+    args = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", f"--rootdir={workdir}", "test_one.py"]
+    arms = (
+        ("with", f"import sys, pytest, pytest_ipc.plugin as p; sys.exit(pytest.main({args!r}, plugins=[p]))"),
+        ("without", f"import sys, pytest; sys.exit(pytest.main({args!r}))"),
+    )
     for n in range(repeat + 1):
-        for arm, args in arms if n % 2 else arms[::-1]:
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                   f"--rootdir={workdir}", *args, "test_one.py"]
+        for arm, code in arms if n % 2 else arms[::-1]:
+            cmd = [sys.executable, "-c", code]
             started = time.perf_counter()
             proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
             elapsed = time.perf_counter() - started
@@ -120,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         os.mkdir(sub_dir)
         inner = in_process(inner_dir, args.repeat)
         sub = subprocesses(sub_dir, args.subprocesses)
+    import pytest_ipc
+
+    editable = "site-packages" not in (pytest_ipc.__file__ or "")
+    print(f"pytest-ipc from {os.path.dirname(pytest_ipc.__file__ or '')}" + (" (editable install)" if editable else ""))
     print("| one-test session | pairs | without pytest-ipc | with it | difference of medians | "
           "median of paired differences (quartiles) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -31,6 +31,13 @@ from pytest_ipc.fixtures import (  # noqa: F401  (fixtures are found on the plug
 )
 from pytest_ipc.leaks import _ipc_leak_check  # noqa: F401  (the autouse leak check fixture)
 
+# What pytest_configure registers, imported with this module rather than in
+# the hook: a suite of in-process pytester sessions (which drop the modules
+# each session imported) would otherwise import them again in every session.
+from pytest_ipc.race.hooks import RaceHooks
+from pytest_ipc.race.report import RaceReporter
+from pytest_ipc.sigterm import SigtermHooks
+
 MARKERS = (
     "ipc_start_methods(*methods): run the test under each of the named start methods "
     "(fork, spawn, forkserver, or all); ids [fork], [spawn], [forkserver].",
@@ -158,14 +165,7 @@ def pytest_configure(config: pytest.Config) -> None:
         cfg = cfg._replace(seed=workerinput["ipc_seed"])
     config.stash[config_mod.settings_key] = cfg
 
-    from pytest_ipc.race.hooks import RaceHooks
-    from pytest_ipc.sigterm import SigtermHooks
-
-    config.pluginmanager.register(RaceHooks(), "pytest_ipc.race")
-    config.pluginmanager.register(SigtermHooks(), "pytest_ipc.sigterm")
     if workerinput is None:
-        from pytest_ipc.race.report import RaceReporter
-
         config.pluginmanager.register(RaceReporter(config, cfg.seed, cfg.report_path), "pytest_ipc.report")
     # "xdist.plugin" when loaded with -p xdist.plugin and plugin autoload off.
     if config.pluginmanager.hasplugin("xdist") or config.pluginmanager.hasplugin("xdist.plugin"):
@@ -202,7 +202,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     used = any(collection.uses_plugin(item) for item in items)
     config.stash[_session_uses_plugin] = used
-    if used:
+    if used and not config.pluginmanager.has_plugin("pytest_ipc.race"):
+        # Only a session that runs an ipc test needs the hooks that run them.
+        config.pluginmanager.register(RaceHooks(), "pytest_ipc.race")
+        config.pluginmanager.register(SigtermHooks(), "pytest_ipc.sigterm")
         from pytest_ipc.fixtures import preload_in_fork_server
 
         preload_in_fork_server()  # before any fixture can start a fork server

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from pytest_ipc.collection import uses_plugin
-from pytest_ipc.errors import Terminated
 
 # From 3.12 os.fork() warns in a process that runs other threads.
 _FORK_WARNS = sys.version_info >= (3, 12)
@@ -39,6 +38,7 @@ class SigtermHooks:
         # whether a SIGTERM came meanwhile.
         self._forking = False
         self._deferred = False
+        self._terminated: type[BaseException] = KeyboardInterrupt  # errors.Terminated, once imported
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
@@ -49,6 +49,9 @@ class SigtermHooks:
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         ):
             return (yield)
+        from pytest_ipc import errors  # now, never inside the handler
+
+        self._terminated = errors.Terminated
         signal.signal(signal.SIGTERM, self.raise_terminated)
         wrapped = hasattr(os, "fork") and hasattr(signal, "pthread_sigmask")
         if wrapped:
@@ -135,4 +138,4 @@ class SigtermHooks:
             # A fork child inherited the handler: end as it would have without us.
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        raise Terminated("pytest received SIGTERM: stopping as on Ctrl-C, with teardown")
+        raise self._terminated("pytest received SIGTERM: stopping as on Ctrl-C, with teardown")
