@@ -24,7 +24,7 @@ import tempfile
 import textwrap
 import time
 
-TEST = '''
+TEST = """
 import pytest
 
 def add_locked(counter, n):
@@ -36,14 +36,25 @@ def add_locked(counter, n):
 def test_campaign(shared_value, ipc_workers):
     ipc_workers.start(add_locked, args=(shared_value, 50), count=9)
     ipc_workers.join()
-'''
+"""
 
 
 def run_once(workdir: str, workers: int, runs: int, shards: int) -> float:
     """Wall seconds of one campaign with ``-n workers``."""
     cmd = [
-        sys.executable, "-m", "pytest", "-p", "pytest_ipc", "-q", "-p", "no:cacheprovider",
-        "-n", str(workers), f"--ipc-shards={shards}", f"--ipc-runs={runs}", "--ipc-budget=none",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "pytest_ipc",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        str(workers),
+        f"--ipc-shards={shards}",
+        f"--ipc-runs={runs}",
+        "--ipc-budget=none",
         "test_campaign.py",
     ]
     started = time.monotonic()

@@ -55,7 +55,7 @@ METHODS = ("fork", "forkserver", "spawn")
 MODES = ("plain", "barrier", "jitter")
 JITTER = {"plain": "off", "barrier": "off", "jitter": "low"}
 
-TEST_FILE = '''
+TEST_FILE = """
 import json
 import multiprocessing
 import os
@@ -102,7 +102,7 @@ def test_scenario(name, ipc_context, launch, env, ipc_outcome):
     with open(LOG, "a") as f:
         f.write(json.dumps({"name": name, "race": outcome != expected, "t0": t0, "t1": time.monotonic()}) + "\\n")
     ipc_outcome.record(outcome)
-'''
+"""
 
 
 # --budget: the --ipc-budget of every ipc_race session ("none": no time limit).
@@ -117,9 +117,18 @@ def run_cell(
     report = workdir / f"{method}-{mode}.json"
     log.unlink(missing_ok=True)
     cmd = [
-        sys.executable, "-m", "pytest", "test_bench.py", "-q", "-p", "no:cacheprovider",
-        f"--ipc-start-method={method}", f"--ipc-jitter={JITTER[mode]}", f"--ipc-seed={seed}",
-        "--ipc-timeout=30", f"--ipc-report={report}",
+        sys.executable,
+        "-m",
+        "pytest",
+        "test_bench.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--ipc-start-method={method}",
+        f"--ipc-jitter={JITTER[mode]}",
+        f"--ipc-seed={seed}",
+        "--ipc-timeout=30",
+        f"--ipc-report={report}",
     ]
     if mode == "plain":
         cmd += [f"--count={runs}"]
@@ -127,7 +136,9 @@ def run_cell(
         cmd += [f"--ipc-runs={runs}", f"--ipc-budget={BUDGET['budget']}"]
     env = {
         **os.environ,
-        "BENCH_MODE": mode, "BENCH_LOG": str(log), "BENCH_METHOD": method,
+        "BENCH_MODE": mode,
+        "BENCH_LOG": str(log),
+        "BENCH_METHOD": method,
         "BENCH_SCENARIOS": "|".join(names),
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
@@ -194,11 +205,15 @@ def main() -> None:
     ap.add_argument("--scenarios", default="", help="comma-separated substrings of scenario names")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--long", action="store_true", help="10,000 runs of each race-free scenario, jitter on")
-    ap.add_argument("--level", default="low",
-                    help="--ipc-jitter of the jitter mode: off, low, high or a probability (default low)")
-    ap.add_argument("--budget", default=None,
-                    help="seconds after which a session starts no new run (--ipc-budget), to split a "
-                         "--long campaign into pieces; by default every run happens")
+    ap.add_argument(
+        "--level", default="low", help="--ipc-jitter of the jitter mode: off, low, high or a probability (default low)"
+    )
+    ap.add_argument(
+        "--budget",
+        default=None,
+        help="seconds after which a session starts no new run (--ipc-budget), to split a "
+        "--long campaign into pieces; by default every run happens",
+    )
     args = ap.parse_args()
     try:
         settings.jitter(args.level, "--level")  # the plugin's own checks, before any session starts
@@ -225,10 +240,12 @@ def main() -> None:
         # 2 h under forkserver and 4 h under spawn, the Manager scenario being the
         # slowest.  The fifth (SharedMemory) adds about a quarter.  Use --methods
         # and --scenarios to split it up.
-        print("--long: 10,000 runs of each race-free scenario per start method; on an idle "
-              "2-core machine, for issue 4's four scenarios, about 35 min under fork, 2 h "
-              "under forkserver and 4 h under spawn (the SharedMemory one adds about a quarter).",
-              flush=True)
+        print(
+            "--long: 10,000 runs of each race-free scenario per start method; on an idle "
+            "2-core machine, for issue 4's four scenarios, about 35 min under fork, 2 h "
+            "under forkserver and 4 h under spawn (the SharedMemory one adds about a quarter).",
+            flush=True,
+        )
 
     results: list[tuple[str, str, str, dict[str, Any], str]] = []
     with tempfile.TemporaryDirectory(prefix="ipc-bench-") as tmp:
@@ -240,8 +257,9 @@ def main() -> None:
         for method in methods:
             for mode in modes:
                 for group in groups:
-                    cell = run_cell(method, mode, group, runs[method], workdir, args.seed,
-                                    timeout=None if args.long else 3600)
+                    cell = run_cell(
+                        method, mode, group, runs[method], workdir, args.seed, timeout=None if args.long else 3600
+                    )
                     if cell["errors"]:
                         print(f"# {method}/{mode}: pytest failed:\n{cell['errors']}", file=sys.stderr)
                     print(f"# {method}/{mode}: {cell['wall']:.1f}s", file=sys.stderr, flush=True)
@@ -250,10 +268,16 @@ def main() -> None:
                         verdict = cell["verdicts"].get(n, "-")
                         results.append((n, method, mode, s, verdict))
                         if args.long:
-                            print(f"#   {n}: {s['runs']} runs, {s['races']} with a wrong result, "
-                                  f"{s['rate']:.1f} runs/s, verdict {verdict}", file=sys.stderr, flush=True)
+                            print(
+                                f"#   {n}: {s['runs']} runs, {s['races']} with a wrong result, "
+                                f"{s['rate']:.1f} runs/s, verdict {verdict}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
 
-    print("\n| scenario | start method | mode | runs | runs showing the race | median runs to first race | runs/s | plugin verdict |")
+    print(
+        "\n| scenario | start method | mode | runs | runs showing the race | median runs to first race | runs/s | plugin verdict |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---|")
     for n, method, mode, s, verdict in results:
         kind = "race-free" if n in scenarios.RACE_FREE else "racy"
@@ -262,7 +286,9 @@ def main() -> None:
             shown = f"**{s['races']} false positives**" if s["races"] else "0 (no false positive)"
         median = fmt_median(s["median"]) if kind == "racy" else "-"
         verdict_text = verdict if mode != "plain" else "(pytest-repeat)"
-        print(f"| {n} ({kind}) | {method} | {mode} | {s['runs']} | {shown} | {median} | {s['rate']:.1f} | {verdict_text} |")
+        print(
+            f"| {n} ({kind}) | {method} | {mode} | {s['runs']} | {shown} | {median} | {s['rate']:.1f} | {verdict_text} |"
+        )
 
     # Amplification's cost on race-free code: runs/s with jitter on against jitter off.
     if "barrier" in modes and "jitter" in modes:

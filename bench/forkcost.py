@@ -87,9 +87,25 @@ def run(workdir: str, way: str, forks: int) -> dict[str, float]:
         out = os.path.join(workdir, "out.json")
         env = dict(os.environ, FORKCOST_OUT=out, FORKCOST_FORKS=str(forks))
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "pytest_ipc", "-q", "-p", "no:cacheprovider",
-             "-o", "addopts=", f"--rootdir={workdir}", "test_forkcost.py"],
-            cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "pytest_ipc",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-o",
+                "addopts=",
+                f"--rootdir={workdir}",
+                "test_forkcost.py",
+            ],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if proc.returncode != 0:
             raise SystemExit(f"the pytest session failed:\n{proc.stdout}\n{proc.stderr}")
@@ -97,7 +113,11 @@ def run(workdir: str, way: str, forks: int) -> dict[str, float]:
             return json.load(f)  # type: ignore[no-any-return]
     proc = subprocess.run(
         [sys.executable, "forkcost_script.py", way, str(forks)],
-        cwd=workdir, capture_output=True, text=True, timeout=600, check=True,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -112,16 +132,21 @@ def main(argv: list[str] | None = None) -> None:
     ways = ["bare", "imports", "in pytest"]
     results: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
     with tempfile.TemporaryDirectory(prefix="ipc-forkcost-") as workdir:
-        for name, text in {"forkcost_measure.py": MEASURE, "forkcost_script.py": SCRIPT,
-                           "test_forkcost.py": TEST}.items():
+        for name, text in {
+            "forkcost_measure.py": MEASURE,
+            "forkcost_script.py": SCRIPT,
+            "test_forkcost.py": TEST,
+        }.items():
             with open(os.path.join(workdir, name), "w") as f:
                 f.write(textwrap.dedent(text).lstrip())
         for i in range(args.rounds):
-            for way in ways[i % 3:] + ways[:i % 3]:  # rotate, so drift in the load favours none
+            for way in ways[i % 3 :] + ways[: i % 3]:  # rotate, so drift in the load favours none
                 sample = run(workdir, way, args.forks)
                 results[way].append(sample)
-                print(f"  {way:<10} {sample['median_ms']:.3f} ms  (max RSS {sample['max_rss_mib']:.0f} MiB)",
-                      file=sys.stderr)
+                print(
+                    f"  {way:<10} {sample['median_ms']:.3f} ms  (max RSS {sample['max_rss_mib']:.0f} MiB)",
+                    file=sys.stderr,
+                )
     bare = statistics.median(s["median_ms"] for s in results["bare"])
     print(f"Machine: {machine()}. {args.forks} forks per measurement, median of {args.rounds}.")
     print()

@@ -41,8 +41,21 @@ def test_counter(shared_value, ipc_workers):
 
 
 def invoke(workdir: str, method: str) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "pytest", "-p", "pytest_ipc", "-q", "-p", "no:cacheprovider",
-           "-o", "addopts=", f"--rootdir={workdir}", f"--ipc-start-method={method}", "test_counter.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "pytest_ipc",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        f"--rootdir={workdir}",
+        f"--ipc-start-method={method}",
+        "test_counter.py",
+    ]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
     wall = time.monotonic() - started
@@ -70,8 +83,10 @@ def main(argv: list[str] | None = None) -> None:
                 walls.append(wall)
                 print(f"  {method:<10} {wall:6.2f} s  {line.strip()[:90]}", file=sys.stderr)
             rows.append((method, statistics.median(walls), min(walls), max(walls)))
-    print(f"Machine: {machine()}. Unlocked 9 x 50 counter, default runs and jitter, "
-          f"{args.repeat} invocations per start method.")
+    print(
+        f"Machine: {machine()}. Unlocked 9 x 50 counter, default runs and jitter, "
+        f"{args.repeat} invocations per start method."
+    )
     print()
     print("| start method | median wall time | fastest | slowest |")
     print("|---|---:|---:|---:|")

@@ -149,8 +149,9 @@ def test_wide(shared_value, ipc_workers):
         f.write("%r\\n" % (time.monotonic() - started))
 '''
 
-REPORT_LINE = re.compile(r"^(?P<nodeid>\S+::\S+)\s+(?P<runs>\d+) runs\s+(?P<distinct>\d+) outcomes?\s+(?P<verdict>\S+)",
-                         re.MULTILINE)
+REPORT_LINE = re.compile(
+    r"^(?P<nodeid>\S+::\S+)\s+(?P<runs>\d+) runs\s+(?P<distinct>\d+) outcomes?\s+(?P<verdict>\S+)", re.MULTILINE
+)
 # multiprocessing's names in /dev/shm: semaphores (sem.<prefix>...), heap arenas (pym-<pid>-...).
 ARENA = re.compile(r"^pym-(\d+)-")
 
@@ -209,16 +210,37 @@ def run_session(workdir: Path, args: list[str], timeout: float, probes: Path) ->
     prefix = f"ipcload{marker[:10]}"
     basetemp = workdir / f"basetemp-{marker[:8]}"
     report_path = workdir / f"report-{marker[:8]}.json"
-    env = dict(os.environ, IPC_LOAD_RUN=marker, IPC_LOAD_SEMPREFIX=prefix, IPC_LOAD_PROBES=str(probes),
-               PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")  # pytest-ipc and xdist only: no other plugin's cost
+    env = dict(
+        os.environ,
+        IPC_LOAD_RUN=marker,
+        IPC_LOAD_SEMPREFIX=prefix,
+        IPC_LOAD_PROBES=str(probes),
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+    )  # pytest-ipc and xdist only: no other plugin's cost
     env.pop("PYTEST_ADDOPTS", None)
-    cmd = [sys.executable, "-m", "pytest", "-p", "pytest_ipc", "-p", "xdist.plugin", "-p", "no:cacheprovider",
-           "-q", "-o", "addopts=", f"--rootdir={workdir}", f"--basetemp={basetemp}",
-           f"--ipc-report={report_path}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "pytest_ipc",
+        "-p",
+        "xdist.plugin",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-o",
+        "addopts=",
+        f"--rootdir={workdir}",
+        f"--basetemp={basetemp}",
+        f"--ipc-report={report_path}",
+        *args,
+    ]
     shm_before = shm_names()
     started = time.monotonic()
-    with subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env) as popen:
+    with subprocess.Popen(
+        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as popen:
         try:
             stdout, stderr = popen.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -235,8 +257,9 @@ def run_session(workdir: Path, args: list[str], timeout: float, probes: Path) ->
 
     left = wait_until_gone(marker, 10)
     if left:
-        problems.append("processes outlived the session: " + "; ".join(
-            f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in left))
+        problems.append(
+            "processes outlived the session: " + "; ".join(f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in left)
+        )
         for p in left:  # never leave them behind, even when reporting them
             try:
                 p.kill()
@@ -244,8 +267,11 @@ def run_session(workdir: Path, args: list[str], timeout: float, probes: Path) ->
                 pass
     # The pids that may have made heap arenas: the session's pytest processes.
     pids = _probe_pids(probes) | {popen.pid}
-    new_shm = sorted(n for n in shm_names() - shm_before
-                     if prefix in n or ((m := ARENA.match(n)) is not None and int(m.group(1)) in pids))
+    new_shm = sorted(
+        n
+        for n in shm_names() - shm_before
+        if prefix in n or ((m := ARENA.match(n)) is not None and int(m.group(1)) in pids)
+    )
     if new_shm:
         problems.append(f"left in /dev/shm: {new_shm}")
     dirs = sorted(str(p) for p in basetemp.glob("ipc-workers-*")) if basetemp.exists() else []
@@ -277,8 +303,11 @@ def check_report(session: Session, tests: int, runs: int) -> None:
     lines = {m["nodeid"]: m for m in REPORT_LINE.finditer(section)}
     if len(lines) != tests:
         session.fail(f"the ipc race report lists {len(lines)} tests, expected {tests}")
-    wrong = [f"{n}: {m['runs']} runs, {m['verdict']}" for n, m in lines.items()
-             if int(m["runs"]) != runs or m["verdict"] != "passed" or m["distinct"] != "1"]
+    wrong = [
+        f"{n}: {m['runs']} runs, {m['verdict']}"
+        for n, m in lines.items()
+        if int(m["runs"]) != runs or m["verdict"] != "passed" or m["distinct"] != "1"
+    ]
     if wrong:
         session.fail("report lines not at all runs passed: " + "; ".join(wrong[:5]))
     entries = session.report.get("tests", [])
@@ -330,26 +359,39 @@ def worker_memory(probes: Path, runs: int) -> list[WorkerMemory]:
         last_last = next((d for d in ends if d["test_order"] == last_order), None)
         if first_last is None or last_last is None:
             continue  # the worker did not get through its tests: reported as a problem already
-        rows.append(WorkerMemory(data[0]["worker"], last_order, min(first, key=lambda d: d["run"]),
-                                 first_last, last_last))
+        rows.append(
+            WorkerMemory(data[0]["worker"], last_order, min(first, key=lambda d: d["run"]), first_last, last_last)
+        )
     return rows
 
 
 def many_runs(args: argparse.Namespace, workdir: Path) -> list[str]:
     """The many-runs scenario under each jitter level; returns the problems found."""
     checkpoints = sorted({min(FIRST_CHECKPOINT, args.runs), args.runs})
-    (workdir / "test_many_runs.py").write_text(textwrap.dedent(MANY_RUNS.format(
-        tests=args.tests, runs=args.runs, checkpoints=set(checkpoints), increments=INCREMENTS, workers=WORKERS,
-    )).lstrip())
+    (workdir / "test_many_runs.py").write_text(
+        textwrap.dedent(
+            MANY_RUNS.format(
+                tests=args.tests,
+                runs=args.runs,
+                checkpoints=set(checkpoints),
+                increments=INCREMENTS,
+                workers=WORKERS,
+            )
+        ).lstrip()
+    )
     problems = []
     results = []
     for jitter in args.jitters:
         probes = workdir / f"probes-{jitter}"
-        print(f"# many runs: {args.tests} tests x {args.runs} runs, -n {args.xdist}, jitter {jitter} ...",
-              file=sys.stderr)
+        print(
+            f"# many runs: {args.tests} tests x {args.runs} runs, -n {args.xdist}, jitter {jitter} ...", file=sys.stderr
+        )
         session = run_session(
-            workdir, ["test_many_runs.py", "-n", str(args.xdist), "--ipc-start-method=fork",
-                      f"--ipc-jitter={jitter}"], args.timeout, probes)
+            workdir,
+            ["test_many_runs.py", "-n", str(args.xdist), "--ipc-start-method=fork", f"--ipc-jitter={jitter}"],
+            args.timeout,
+            probes,
+        )
         check_report(session, args.tests, args.runs)
         memory = worker_memory(probes, args.runs)
         print(f"#   {session.wall:.1f}s, {'ok' if not session.problems else 'PROBLEMS'}", file=sys.stderr)
@@ -357,8 +399,10 @@ def many_runs(args: argparse.Namespace, workdir: Path) -> list[str]:
         results.append((jitter, session, memory))
 
     total = args.tests * args.runs
-    print(f"### Many runs: {args.tests} tests x {args.runs} runs under -n {args.xdist}, fork, "
-          f"{WORKERS} workers x {INCREMENTS} locked increments per run\n")
+    print(
+        f"### Many runs: {args.tests} tests x {args.runs} runs under -n {args.xdist}, fork, "
+        f"{WORKERS} workers x {INCREMENTS} locked increments per run\n"
+    )
     print("| jitter | result | wall time | runs/s | median time per run | left behind |")
     print("|---|---|---:|---:|---:|---|")
     for jitter, session, _ in results:
@@ -366,43 +410,56 @@ def many_runs(args: argparse.Namespace, workdir: Path) -> list[str]:
         median = f"{statistics.median(per_run) * 1000:.1f} ms" if per_run else "-"
         result = "passed" if not session.problems else "FAILED"
         left = "nothing" if not any("left" in p or "outlived" in p for p in session.problems) else "see below"
-        print(f"| {jitter} | {result}: {len(session.report.get('tests', []))} tests x {args.runs} runs "
-              f"| {session.wall:.1f} s | {total / session.wall:.1f} | {median} | {left} |")
+        print(
+            f"| {jitter} | {result}: {len(session.report.get('tests', []))} tests x {args.runs} runs "
+            f"| {session.wall:.1f} s | {total / session.wall:.1f} | {median} | {left} |"
+        )
     print()
     first, last = checkpoints[0], args.runs
-    print(f"Memory of each xdist worker: RSS (psutil), peak RSS (ru_maxrss), and after gc.collect() the "
-          f"Python heap as allocated blocks and gc-tracked objects.  Growth per run *within* a test: from "
-          f"run {first} to run {last} of the worker's first test (its records of the runs so far); "
-          f"*across* tests: from run {last} of its first test to run {last} of its last (what outlives "
-          f"a test).\n")
-    print(f"| jitter | worker | tests | RSS run {first} of first test | RSS run {last} of first test "
-          f"| RSS run {last} of last test | RSS per run within / across | peak RSS run {first} / end "
-          f"| heap blocks per run within / across | objects per run within / across |")
+    print(
+        f"Memory of each xdist worker: RSS (psutil), peak RSS (ru_maxrss), and after gc.collect() the "
+        f"Python heap as allocated blocks and gc-tracked objects.  Growth per run *within* a test: from "
+        f"run {first} to run {last} of the worker's first test (its records of the runs so far); "
+        f"*across* tests: from run {last} of its first test to run {last} of its last (what outlives "
+        f"a test).\n"
+    )
+    print(
+        f"| jitter | worker | tests | RSS run {first} of first test | RSS run {last} of first test "
+        f"| RSS run {last} of last test | RSS per run within / across | peak RSS run {first} / end "
+        f"| heap blocks per run within / across | objects per run within / across |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for jitter, _, memory in results:
         for m in memory:
-            print(f"| {jitter} | {m.worker} | {m.tests} | {fmt_mib(m.first_early['rss'])} "
-                  f"| {fmt_mib(m.first_last['rss'])} | {fmt_mib(m.last_last['rss'])} "
-                  f"| {m.within('rss'):+.0f} B / {m.across('rss'):+.0f} B "
-                  f"| {fmt_mib(m.first_early['maxrss'])} / {fmt_mib(m.last_last['maxrss'])} "
-                  f"| {m.within('blocks'):+.2f} / {m.across('blocks'):+.2f} "
-                  f"| {m.within('objects'):+.2f} / {m.across('objects'):+.2f} |")
+            print(
+                f"| {jitter} | {m.worker} | {m.tests} | {fmt_mib(m.first_early['rss'])} "
+                f"| {fmt_mib(m.first_last['rss'])} | {fmt_mib(m.last_last['rss'])} "
+                f"| {m.within('rss'):+.0f} B / {m.across('rss'):+.0f} B "
+                f"| {fmt_mib(m.first_early['maxrss'])} / {fmt_mib(m.last_last['maxrss'])} "
+                f"| {m.within('blocks'):+.2f} / {m.across('blocks'):+.2f} "
+                f"| {m.within('objects'):+.2f} / {m.across('objects'):+.2f} |"
+            )
     print()
     return problems
 
 
 def many_workers(args: argparse.Namespace, workdir: Path) -> list[str]:
     """The many-workers scenario under each start method; returns the problems found."""
-    (workdir / "test_many_workers.py").write_text(textwrap.dedent(MANY_WORKERS.format(
-        workers=args.wide_workers, runs=args.wide_runs, increments=INCREMENTS,
-    )).lstrip())
+    (workdir / "test_many_workers.py").write_text(
+        textwrap.dedent(
+            MANY_WORKERS.format(
+                workers=args.wide_workers,
+                runs=args.wide_runs,
+                increments=INCREMENTS,
+            )
+        ).lstrip()
+    )
     problems = []
     rows = []
     for method in args.methods:
         probes = workdir / f"wide-{method}.txt"
         print(f"# many workers: {args.wide_workers} workers x {args.wide_runs} runs, {method} ...", file=sys.stderr)
-        session = run_session(workdir, ["test_many_workers.py", f"--ipc-start-method={method}"],
-                              args.timeout, probes)
+        session = run_session(workdir, ["test_many_workers.py", f"--ipc-start-method={method}"], args.timeout, probes)
         check_report(session, 1, args.wide_runs)
         expected = [[str(args.wide_workers * INCREMENTS), args.wide_runs]]
         tests = session.report.get("tests", [])
@@ -413,10 +470,14 @@ def many_workers(args: argparse.Namespace, workdir: Path) -> list[str]:
         problems += [f"many workers, {method}: {p}" for p in session.problems]
         rows.append((method, session, calls))
 
-    print(f"### Many workers: one test, {args.wide_workers} workers x {INCREMENTS} locked increments "
-          f"in each of {args.wide_runs} runs\n")
-    print("| start method | result | median start + join per run | mean time per run (with fixtures) "
-          "| wall time of the session | left behind |")
+    print(
+        f"### Many workers: one test, {args.wide_workers} workers x {INCREMENTS} locked increments "
+        f"in each of {args.wide_runs} runs\n"
+    )
+    print(
+        "| start method | result | median start + join per run | mean time per run (with fixtures) "
+        "| wall time of the session | left behind |"
+    )
     print("|---|---|---:|---:|---:|---|")
     for method, session, calls in rows:
         tests = session.report.get("tests", [])
@@ -437,8 +498,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jitters", default="off,low", help="comma-separated --ipc-jitter levels (default off,low)")
     parser.add_argument("--wide-workers", type=int, default=64, help="workers per run in the many-workers scenario")
     parser.add_argument("--wide-runs", type=int, default=20, help="runs in the many-workers scenario (default 20)")
-    parser.add_argument("--methods", default="fork,spawn",
-                        help="comma-separated start methods of the many-workers scenario (default fork,spawn)")
+    parser.add_argument(
+        "--methods",
+        default="fork,spawn",
+        help="comma-separated start methods of the many-workers scenario (default fork,spawn)",
+    )
     parser.add_argument("--skip-wide", action="store_true", help="only the many-runs scenario")
     parser.add_argument("--skip-many", action="store_true", help="only the many-workers scenario")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds any one session may take")

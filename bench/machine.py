@@ -26,5 +26,7 @@ def machine() -> str:
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average {os.getloadavg()[0]:.2f} at the start"
-    return (f"{platform.system()} {platform.machine()}, {cpu_model()}, nproc {cpus}, "
-            f"Python {platform.python_version()}{load}")
+    return (
+        f"{platform.system()} {platform.machine()}, {cpu_model()}, nproc {cpus}, "
+        f"Python {platform.python_version()}{load}"
+    )

@@ -143,9 +143,20 @@ def run_plugin(workdir: str, method: str, runs: int, timeout: float) -> Sample:
     if os.path.exists(report):
         os.remove(report)
     cmd = [
-        sys.executable, "-m", "pytest", "test_overhead.py", "-q", "-p", "no:cacheprovider",
-        "-o", "addopts=", f"--rootdir={workdir}", f"--basetemp={os.path.join(workdir, 'basetemp')}",
-        f"--ipc-start-method={method}", "--ipc-jitter=off", f"--ipc-report={report}",
+        sys.executable,
+        "-m",
+        "pytest",
+        "test_overhead.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        f"--rootdir={workdir}",
+        f"--basetemp={os.path.join(workdir, 'basetemp')}",
+        f"--ipc-start-method={method}",
+        "--ipc-jitter=off",
+        f"--ipc-report={report}",
     ]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     try:
@@ -161,8 +172,19 @@ def run_plugin(workdir: str, method: str, runs: int, timeout: float) -> Sample:
 def run_in_pytest(workdir: str, method: str, runs: int, timeout: float) -> Sample:
     out = os.path.join(workdir, "in_pytest.json")
     env = dict(os.environ, IPC_BENCH_OUT=out, IPC_BENCH_METHOD=method, IPC_BENCH_RUNS=str(runs))
-    cmd = [sys.executable, "-m", "pytest", "test_in_pytest.py", "-q", "-p", "no:cacheprovider",
-           "-o", "addopts=", f"--rootdir={workdir}", f"--basetemp={os.path.join(workdir, 'basetemp')}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "test_in_pytest.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        f"--rootdir={workdir}",
+        f"--basetemp={os.path.join(workdir, 'basetemp')}",
+    ]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"the plain loop failed inside pytest:\n{proc.stdout}\n{proc.stderr}")
@@ -174,7 +196,11 @@ def run_in_pytest(workdir: str, method: str, runs: int, timeout: float) -> Sampl
 def run_plain(workdir: str, method: str, runs: int, timeout: float) -> Sample:
     proc = subprocess.run(
         [sys.executable, "plain_loop.py", method, str(runs)],
-        cwd=workdir, capture_output=True, text=True, timeout=timeout, check=True,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
     )
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     return Sample(data["duration"], data["runs"])
@@ -186,8 +212,11 @@ WAYS = {"pytest-ipc": run_plugin, "plain": run_plain, "plain in pytest": run_in_
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="runs per measurement (default 200)")
-    parser.add_argument("--methods", default="fork,spawn,forkserver",
-                        help="comma-separated start methods (default fork,spawn,forkserver)")
+    parser.add_argument(
+        "--methods",
+        default="fork,spawn,forkserver",
+        help="comma-separated start methods (default fork,spawn,forkserver)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="measurements per way; the median counts (default 3)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one measurement may take")
     args = parser.parse_args(argv)
@@ -200,8 +229,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--runs and --repeat must be at least 1")
 
     header = machine()
-    print(f"# {header}; {WORKERS} workers x {INCREMENTS} increments, {args.runs} runs, "
-          f"median of {args.repeat}", file=sys.stderr)
+    print(
+        f"# {header}; {WORKERS} workers x {INCREMENTS} increments, {args.runs} runs, median of {args.repeat}",
+        file=sys.stderr,
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="ipc-overhead-") as workdir:
         write_files(workdir, args.runs)
@@ -210,28 +241,36 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(args.repeat):
                 # Rotate which way goes first, so drift in the load favours none.
                 names = list(WAYS)
-                names = names[i % len(names):] + names[:i % len(names)]
+                names = names[i % len(names) :] + names[: i % len(names)]
                 for name in names:
                     sample = WAYS[name](workdir, method, args.runs, args.timeout)
                     samples[name].append(sample)
                     print(f"  {method:<10} {name:<16} {sample.rate:8.1f} runs/s", file=sys.stderr)
             rows.append((method, *(statistics.median(s.rate for s in samples[n]) for n in WAYS)))
 
-    print(f"Machine: {header}. Seed counter scenario ({WORKERS} workers x {INCREMENTS} increments), "
-          f"{args.runs} runs, jitter off, median of {args.repeat}.")
+    print(
+        f"Machine: {header}. Seed counter scenario ({WORKERS} workers x {INCREMENTS} increments), "
+        f"{args.runs} runs, jitter off, median of {args.repeat}."
+    )
     print()
-    print("| start method | pytest-ipc runs/s | plain multiprocessing runs/s | ratio | overhead per run "
-          "| plain loop inside pytest runs/s |")
+    print(
+        "| start method | pytest-ipc runs/s | plain multiprocessing runs/s | ratio | overhead per run "
+        "| plain loop inside pytest runs/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for method, plugin_rate, plain_rate, in_pytest_rate in rows:
         ratio = plugin_rate / plain_rate
         overhead = plain_rate / plugin_rate - 1  # extra time per run, relative to plain
-        print(f"| {method} | {plugin_rate:.1f} | {plain_rate:.1f} | {ratio:.2f} | {overhead:+.1%} "
-              f"| {in_pytest_rate:.1f} |")
+        print(
+            f"| {method} | {plugin_rate:.1f} | {plain_rate:.1f} | {ratio:.2f} | {overhead:+.1%} "
+            f"| {in_pytest_rate:.1f} |"
+        )
     print()
-    print("overhead per run = (time per run under the marker) / (time per run of the plain loop) - 1; "
-          "the last column is the plain loop run inside an ordinary pytest test, without the "
-          "plugin's fixtures: the part of the overhead that forking from a pytest process costs.")
+    print(
+        "overhead per run = (time per run under the marker) / (time per run of the plain loop) - 1; "
+        "the last column is the plain loop run inside an ordinary pytest test, without the "
+        "plugin's fixtures: the part of the overhead that forking from a pytest process costs."
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ A run shows the race when ``outcome != expected``.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from multiprocessing import shared_memory
-from typing import Any, Callable
+from typing import Any
 
 WORKERS = 9
 INCREMENTS = 50  # the tutorial's 9 x 50 counter

@@ -39,7 +39,7 @@ from machine import machine  # bench/ is on sys.path when a script of it runs
 ONE_TEST = "def test_one():\n    assert 1 + 1 == 2\n"
 
 # The outer session: each test runs one inner session in-process and notes its time.
-OUTER = textwrap.dedent('''
+OUTER = textwrap.dedent("""
     import json
     import os
     import time
@@ -66,7 +66,7 @@ OUTER = textwrap.dedent('''
             assert result.ret == 0
         with open(os.environ["STARTUP_OUT"], "a") as f:
             f.write(json.dumps(times) + "\\n")
-''').format(one=ONE_TEST)
+""").format(one=ONE_TEST)
 
 
 def in_process(workdir: str, repeat: int) -> dict[str, list[float]]:
@@ -75,9 +75,25 @@ def in_process(workdir: str, repeat: int) -> dict[str, list[float]]:
         f.write(OUTER)
     env = dict(os.environ, STARTUP_REPEAT=str(repeat), STARTUP_OUT=out)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                           f"--rootdir={workdir}", "test_outer.py"], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            f"--rootdir={workdir}",
+            "test_outer.py",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"the outer session failed:\n{proc.stdout[-3000:]}")
     times: dict[str, list[float]] = {"with": [], "without": []}
@@ -116,9 +132,11 @@ def row(name: str, times: dict[str, list[float]]) -> str:
     with_, without = statistics.median(times["with"]), statistics.median(times["without"])
     diffs = sorted(a - b for a, b in zip(times["with"], times["without"], strict=True))
     q1, q3 = diffs[len(diffs) // 4], diffs[3 * len(diffs) // 4]
-    return (f"| {name} | {len(times['with'])} | {without * 1000:.1f} ms | {with_ * 1000:.1f} ms | "
-            f"{(with_ - without) * 1000:+.1f} ms | {statistics.median(diffs) * 1000:+.1f} ms "
-            f"({q1 * 1000:+.1f} to {q3 * 1000:+.1f}) |")
+    return (
+        f"| {name} | {len(times['with'])} | {without * 1000:.1f} ms | {with_ * 1000:.1f} ms | "
+        f"{(with_ - without) * 1000:+.1f} ms | {statistics.median(diffs) * 1000:+.1f} ms "
+        f"({q1 * 1000:+.1f} to {q3 * 1000:+.1f}) |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,8 +155,10 @@ def main(argv: list[str] | None = None) -> None:
 
     editable = "site-packages" not in (pytest_ipc.__file__ or "")
     print(f"pytest-ipc from {os.path.dirname(pytest_ipc.__file__ or '')}" + (" (editable install)" if editable else ""))
-    print("| one-test session | pairs | without pytest-ipc | with it | difference of medians | "
-          "median of paired differences (quartiles) |")
+    print(
+        "| one-test session | pairs | without pytest-ipc | with it | difference of medians | "
+        "median of paired differences (quartiles) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     print(row("in-process (pytester.inline_run)", inner))
     print(row("subprocess (python -m pytest)", sub))

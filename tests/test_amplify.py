@@ -13,12 +13,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from pytest_ipc._worker import amplify
-from pytest_ipc._worker.amplify import codepoints, locks, stream
+from pytest_ipc._worker.amplify import codepoints, stream
 from pytest_ipc.config import JITTER_LEVELS
 
 pytest_plugins = ["pytester"]
@@ -517,7 +518,6 @@ def test_each_other_thread_has_a_stream_of_its_own() -> None:
     assert states == expected
 
 
-
 def test_a_threads_first_point_sleeps_and_only_that_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Even where no point acts (p = 0), another thread sleeps THREAD_START_SLEEP at its first point."""
     waits: list[tuple[str, float]] = []
@@ -537,6 +537,7 @@ def test_a_threads_first_point_sleeps_and_only_that_one(monkeypatch: pytest.Monk
     sleep = stream.THREAD_START_SLEEP
     assert waits == [(f"{amp.key}:thread1", sleep), (f"{amp.key}:thread2", sleep)]
 
+
 # -- code points: the worker's own instructions -------------------------------------
 
 # Before Python 3.12 code points use sys.settrace, and a trace function slows
@@ -546,7 +547,9 @@ def test_a_threads_first_point_sleeps_and_only_that_one(monkeypatch: pytest.Monk
 MONITORING = sys.version_info >= (3, 12)
 STEP_ASIDE = not MONITORING and sys.gettrace() is not None
 CODE_POINTS_AT_LOW = MONITORING
-NEEDS_CODE_POINTS = pytest.mark.skipif(STEP_ASIDE, reason="a trace function (coverage.py?) is set: code points step aside")
+NEEDS_CODE_POINTS = pytest.mark.skipif(
+    STEP_ASIDE, reason="a trace function (coverage.py?) is set: code points step aside"
+)
 
 
 def _sum_to(n: int) -> int:
@@ -687,7 +690,9 @@ def test_code_points_on_demand_wait_for_shared_memory() -> None:
 
 
 def _stores_by_dis(code: Any) -> frozenset[int]:
-    return frozenset(i.offset for i in dis.get_instructions(code) if i.opname in ("STORE_SUBSCR", "STORE_ATTR", "STORE_SLICE"))
+    return frozenset(
+        i.offset for i in dis.get_instructions(code) if i.opname in ("STORE_SUBSCR", "STORE_ATTR", "STORE_SLICE")
+    )
 
 
 def test_stores_read_off_the_bytecode_are_the_ones_dis_finds() -> None:
@@ -817,6 +822,7 @@ def test_code_points_stop_at_their_budget() -> None:
 
 def test_an_existing_trace_function_is_kept() -> None:
     """A trace function already set stays set: from 3.12 code points work beside it, before it they step aside."""
+
     def theirs(frame: Any, event: str, arg: Any) -> None:
         return None
 
@@ -841,6 +847,7 @@ def test_an_existing_trace_function_is_kept() -> None:
 
 def test_code_stream_replays_and_is_not_the_ipc_stream() -> None:
     """Code points draw from a stream of their own: the IPC points' choices for a seed do not move."""
+
     def draws(amp: stream.Amplifier) -> list[float | None]:
         return [amp.choose() for _ in range(2000)]
 
@@ -1079,8 +1086,14 @@ def test_code_points_start_with_a_worker_given_unguarded_shared_memory(pytester:
     result.assert_outcomes(passed=1)
     out = _read(pytester)
     assert out == {  # before 3.12 on demand; from 3.12 always
-        "raw": True, "unlocked": True, "raw_in_list": True, "segment": True, "array_like": True, "partial": True,
-        "synchronized": MONITORING, "nothing": MONITORING,
+        "raw": True,
+        "unlocked": True,
+        "raw_in_list": True,
+        "segment": True,
+        "array_like": True,
+        "partial": True,
+        "synchronized": MONITORING,
+        "nothing": MONITORING,
     }
 
 
@@ -1105,8 +1118,14 @@ def test_jitter_off_really_turns_it_off(pytester: pytest.Pytester, args: tuple[s
     result.assert_outcomes(passed=1)
     out = _read(pytester)
     assert out == {  # no stream at all: points_passed() returns None
-        "active": False, "value": None, "array": None, "lock": None,
-        "queue": None, "pipe": None, "child_active": 0, "code_points": False,
+        "active": False,
+        "value": None,
+        "array": None,
+        "lock": None,
+        "queue": None,
+        "pipe": None,
+        "child_active": 0,
+        "code_points": False,
     }
 
 
@@ -1224,7 +1243,7 @@ def test_failure_names_the_amplification_and_the_rerun_reproduces_it(pytester: p
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*totals differ across 3 runs (start method fork, seed 4242, jitter low)*"])
     rerun = next(line for line in result.outlines if line.startswith("rerun: pytest "))
-    argv = shlex.split(rerun[len("rerun: pytest "):])
+    argv = shlex.split(rerun[len("rerun: pytest ") :])
     assert "--ipc-seed=4242" in argv
     again = pytester.runpytest_subprocess(*argv, timeout=60)
     again.assert_outcomes(failed=1)

@@ -8,7 +8,8 @@ checks, so the sessions run in-process.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -41,8 +42,10 @@ def assert_clean_error(result: pytest.RunResult, ret: int, *lines: str) -> None:
         ("--ipc-timeout=abc", "*--ipc-timeout=abc: expected a number of seconds, got 'abc'"),
         ("--ipc-timeout=nan", "*--ipc-timeout=nan: expected a positive number of seconds, got 'nan'"),
         ("--ipc-timeout=1e12", "*--ipc-timeout=1e12: '1e12' seconds is more than the limit of *"),
-        ("--ipc-start-method=threads",
-         "*--ipc-start-method=threads: expected one of fork, spawn, forkserver, all; got 'threads'"),
+        (
+            "--ipc-start-method=threads",
+            "*--ipc-start-method=threads: expected one of fork, spawn, forkserver, all; got 'threads'",
+        ),
         ("--ipc-runs=abc", "*--ipc-runs=abc: expected a positive whole number, got 'abc'"),
         ("--ipc-runs=0", "*--ipc-runs=0: expected a positive whole number, got '0'"),
         ("--ipc-seed=-5", "*--ipc-seed=-5: expected a whole number from 0 to 4294967295, got '-5'"),
@@ -60,9 +63,16 @@ def test_bad_option_is_a_usage_error(pytester: pytest.Pytester, option: str, mes
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("ipc_timeout", "nope", "*ini key ipc_timeout = 'nope' in pytest.ini: expected a number of seconds, got 'nope'"),
-        ("ipc_start_method", "threads",
-         "*ini key ipc_start_method = 'threads' in pytest.ini: expected one of fork, spawn, forkserver, all*"),
+        (
+            "ipc_timeout",
+            "nope",
+            "*ini key ipc_timeout = 'nope' in pytest.ini: expected a number of seconds, got 'nope'",
+        ),
+        (
+            "ipc_start_method",
+            "threads",
+            "*ini key ipc_start_method = 'threads' in pytest.ini: expected one of fork, spawn, forkserver, all*",
+        ),
         ("ipc_runs", "-3", "*ini key ipc_runs = '-3' in pytest.ini: expected a positive whole number*"),
         ("ipc_jitter", "2", "*ini key ipc_jitter = '2' in pytest.ini: expected off, low, high or a probability*"),
     ],
@@ -84,9 +94,12 @@ NATIVE_TOML = pytest.mark.skipif(
 @pytest.mark.parametrize("jitter", ["0.1", '"0.1"'])
 def test_native_toml_takes_numbers_as_numbers(pytester: pytest.Pytester, jitter: str) -> None:
     """In pytest 9's [tool.pytest] table, ipc_runs = 7 is a number, and "7" still works."""
-    pytester.makefile(".toml", pyproject=(
-        f"[tool.pytest]\nipc_runs = 7\nipc_seed = 5\nipc_timeout = 20\nipc_budget = 30.5\nipc_jitter = {jitter}\n"
-    ))
+    pytester.makefile(
+        ".toml",
+        pyproject=(
+            f"[tool.pytest]\nipc_runs = 7\nipc_seed = 5\nipc_timeout = 20\nipc_budget = 30.5\nipc_jitter = {jitter}\n"
+        ),
+    )
     pytester.makepyfile(
         """
         import pytest
@@ -109,14 +122,20 @@ def test_native_toml_takes_numbers_as_numbers(pytester: pytest.Pytester, jitter:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("ipc_runs = 0", "ERROR: pytest-ipc: ini key ipc_runs = 0 in pyproject.toml: expected a positive whole number*"),
+        (
+            "ipc_runs = 0",
+            "ERROR: pytest-ipc: ini key ipc_runs = 0 in pyproject.toml: expected a positive whole number*",
+        ),
         ("ipc_runs = 7.5", "ERROR: pytest-ipc: ini key ipc_runs = 7.5 in pyproject.toml: expected a positive whole*"),
         ("ipc_jitter = nan", "ERROR: pytest-ipc: ini key ipc_jitter = nan in pyproject.toml: expected off, low, high*"),
         ("ipc_timeout = inf", "ERROR: pytest-ipc: ini key ipc_timeout = inf in pyproject.toml: *"),
         ("ipc_seed = -1", "ERROR: pytest-ipc: ini key ipc_seed = -1 in pyproject.toml: expected a whole number*"),
         # Not a type the key takes: pytest's own usage error, as clean.
         ("ipc_runs = true", "ERROR: *pyproject.toml: config option 'ipc_runs' expects one of *, got bool: True"),
-        ("ipc_runs = [7]", "ERROR: *pyproject.toml: config option 'ipc_runs' expects one of *, got list: ?7?"),  # ([...] is a class to fnmatch)
+        (
+            "ipc_runs = [7]",
+            "ERROR: *pyproject.toml: config option 'ipc_runs' expects one of *, got list: ?7?",
+        ),  # ([...] is a class to fnmatch)
     ],
 )
 def test_bad_native_toml_value_is_a_usage_error(pytester: pytest.Pytester, line: str, message: str) -> None:
@@ -142,27 +161,54 @@ def test_option_overrides_a_bad_ini_key(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("mark", "fixture", "message"),
     [
-        ("ipc_timeout()", "ipc_context",
-         "*@pytest.mark.ipc_timeout(): missing a required argument: 'seconds' (it takes: seconds)"),
-        ("ipc_timeout(-1)", "ipc_context",
-         "*@pytest.mark.ipc_timeout(-1): expected a positive number of seconds, got -1"),
+        (
+            "ipc_timeout()",
+            "ipc_context",
+            "*@pytest.mark.ipc_timeout(): missing a required argument: 'seconds' (it takes: seconds)",
+        ),
+        (
+            "ipc_timeout(-1)",
+            "ipc_context",
+            "*@pytest.mark.ipc_timeout(-1): expected a positive number of seconds, got -1",
+        ),
         ("ipc_timeout('x')", "ipc_context", "*@pytest.mark.ipc_timeout('x'): expected a number of seconds, got 'x'"),
         ("ipc_timeout(1, 2)", "ipc_context", "*@pytest.mark.ipc_timeout(1, 2): too many positional arguments*"),
-        ("ipc_start_methods()", "ipc_context",
-         "*@pytest.mark.ipc_start_methods(): name at least one of fork, spawn, forkserver"),
-        ("ipc_start_methods('threads')", "ipc_context",
-         "*@pytest.mark.ipc_start_methods('threads'): expected one of fork, spawn, forkserver, all; got 'threads'"),
-        ("ipc_start_methods('fork')", "tmp_path",
-         "*@pytest.mark.ipc_start_methods needs the test to use a pytest-ipc fixture*"),
-        ("ipc_race(runs=0)", "shared_value",
-         "*@pytest.mark.ipc_race(runs=0): runs: expected a positive whole number, got 0"),
-        ("ipc_race(runs='many')", "shared_value",
-         "*@pytest.mark.ipc_race(runs='many'): runs: expected a positive whole number, got 'many'"),
-        ("ipc_race(budget=-1)", "shared_value",
-         "*@pytest.mark.ipc_race(budget=-1): budget: expected a positive number of seconds, got -1"),
-        ("ipc_race(bogus=1)", "shared_value",
-         "*@pytest.mark.ipc_race(bogus=1): got an unexpected keyword argument 'bogus'"
-         " (it takes: runs, budget, expect, jitter)"),
+        (
+            "ipc_start_methods()",
+            "ipc_context",
+            "*@pytest.mark.ipc_start_methods(): name at least one of fork, spawn, forkserver",
+        ),
+        (
+            "ipc_start_methods('threads')",
+            "ipc_context",
+            "*@pytest.mark.ipc_start_methods('threads'): expected one of fork, spawn, forkserver, all; got 'threads'",
+        ),
+        (
+            "ipc_start_methods('fork')",
+            "tmp_path",
+            "*@pytest.mark.ipc_start_methods needs the test to use a pytest-ipc fixture*",
+        ),
+        (
+            "ipc_race(runs=0)",
+            "shared_value",
+            "*@pytest.mark.ipc_race(runs=0): runs: expected a positive whole number, got 0",
+        ),
+        (
+            "ipc_race(runs='many')",
+            "shared_value",
+            "*@pytest.mark.ipc_race(runs='many'): runs: expected a positive whole number, got 'many'",
+        ),
+        (
+            "ipc_race(budget=-1)",
+            "shared_value",
+            "*@pytest.mark.ipc_race(budget=-1): budget: expected a positive number of seconds, got -1",
+        ),
+        (
+            "ipc_race(bogus=1)",
+            "shared_value",
+            "*@pytest.mark.ipc_race(bogus=1): got an unexpected keyword argument 'bogus'"
+            " (it takes: runs, budget, expect, jitter)",
+        ),
     ],
 )
 def test_bad_marker_is_a_collection_error(pytester: pytest.Pytester, mark: str, fixture: str, message: str) -> None:
@@ -187,11 +233,21 @@ def test_bad_marker_is_a_collection_error(pytester: pytest.Pytester, mark: str, 
     [
         ("shared_value", "42", "indirect parameter 42 of shared_value: expected a typecode, a (typecode, value)*"),
         ("shared_value", "('d',)", "indirect parameter ('d',) of shared_value: expected a typecode*"),
-        ("shared_value", "{'typecode': 'd', 'size': 3}",
-         "indirect parameter {'typecode': 'd', 'size': 3} of shared_value: unknown keys ?'size'?*"),
-        ("shared_value", "{'lock': 'yes'}", "indirect parameter {'lock': 'yes'} of shared_value: lock must be True or False, got 'yes'"),
-        ("shared_value", "('s', 'text')",
-         "*indirect parameter ('s', 'text') of shared_value: unknown typecode 's'*There is no string typecode*"),
+        (
+            "shared_value",
+            "{'typecode': 'd', 'size': 3}",
+            "indirect parameter {'typecode': 'd', 'size': 3} of shared_value: unknown keys ?'size'?*",
+        ),
+        (
+            "shared_value",
+            "{'lock': 'yes'}",
+            "indirect parameter {'lock': 'yes'} of shared_value: lock must be True or False, got 'yes'",
+        ),
+        (
+            "shared_value",
+            "('s', 'text')",
+            "*indirect parameter ('s', 'text') of shared_value: unknown typecode 's'*There is no string typecode*",
+        ),
         ("shared_array", "'z'", "*indirect parameter 'z' of shared_array: unknown typecode 'z'*"),
         ("pipe_pair", "'one-way'", "*indirect parameter 'one-way' of pipe_pair: expected True (duplex) or False*"),
     ],
@@ -275,7 +331,7 @@ def _valid(name: str, value: Any) -> bool:
         return isinstance(value, float) and 0 <= value <= 1 and not math.isnan(value)
     if name == "seed_value":
         return type(value) is int and 0 <= value <= settings.MAX_SEED
-    return value in settings.START_METHODS + ("all",)
+    return value in (*settings.START_METHODS, "all")
 
 
 option_text = st.one_of(

@@ -61,8 +61,15 @@ sigterm = true
 
 # The environment variables of a coverage run around this suite (the tox
 # env "coverage"): the inner runs must start from a clean slate.
-OUTER_COVERAGE_ENV = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START", "COVERAGE_RCFILE", "COVERAGE_FILE",
-                      "COV_CORE_SOURCE", "COV_CORE_CONFIG", "COV_CORE_DATAFILE")
+OUTER_COVERAGE_ENV = (
+    "COVERAGE_PROCESS_CONFIG",
+    "COVERAGE_PROCESS_START",
+    "COVERAGE_RCFILE",
+    "COVERAGE_FILE",
+    "COV_CORE_SOURCE",
+    "COV_CORE_CONFIG",
+    "COV_CORE_DATAFILE",
+)
 
 
 @pytest.fixture
@@ -101,8 +108,19 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def coverage_run(pytester: pytest.Pytester, method: str) -> pytest.RunResult:
     """``coverage run -m pytest`` on the project under ``method``, then ``coverage combine``."""
-    result = run(pytester, "-m", "coverage", "run", "-m", "pytest", "-p", "pytest_ipc",
-                 f"--ipc-start-method={method}", f"--basetemp={pytester.path / 'basetemp'}", "-q")
+    result = run(
+        pytester,
+        "-m",
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        "-p",
+        "pytest_ipc",
+        f"--ipc-start-method={method}",
+        f"--basetemp={pytester.path / 'basetemp'}",
+        "-q",
+    )
     result.assert_outcomes(passed=2)
     combined = run(pytester, "-m", "coverage", "combine")
     assert combined.ret == 0, combined.stderr.str()
@@ -138,9 +156,18 @@ def test_without_the_multiprocessing_setting_the_worker_lines_are_missing(projec
 def test_pytest_cov_counts_lines_only_workers_execute(project: pytest.Pytester, method: str) -> None:
     """pytest --cov with the same .coveragerc reports the worker-only lines as covered."""
     pytest.importorskip("pytest_cov")
-    result = run(project, "-m", "pytest", "-p", "pytest_ipc", f"--ipc-start-method={method}",
-                 f"--basetemp={project.path / 'basetemp'}", "--cov=.", "--cov-report=json:cov.json",
-                 "--cov-report=term-missing")
+    result = run(
+        project,
+        "-m",
+        "pytest",
+        "-p",
+        "pytest_ipc",
+        f"--ipc-start-method={method}",
+        f"--basetemp={project.path / 'basetemp'}",
+        "--cov=.",
+        "--cov-report=json:cov.json",
+        "--cov-report=term-missing",
+    )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["helpers.py * 2 * 82%*"])  # 2 missed: the guards
     data = helpers_coverage(project, "cov.json")

@@ -60,13 +60,15 @@ def test_reruns_do_not_rerun_or_hide_a_race(pytester: pytest.Pytester) -> None:
     outcomes = result.parseoutcomes()
     assert outcomes == {"failed": 2, "passed": 2, "rerun": 1}, outcomes
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines_random([
-        "FAILED test_races.py::test_race - *RaceDetected*",
-        "FAILED test_races.py::test_flaky_marked_race - *RaceDetected*",
-        "RERUN test_races.py::test_flaky_plain*",
-        "PASSED test_races.py::test_flaky_plain*",
-        "PASSED test_races.py::test_steady*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED test_races.py::test_race - *RaceDetected*",
+            "FAILED test_races.py::test_flaky_marked_race - *RaceDetected*",
+            "RERUN test_races.py::test_flaky_plain*",
+            "PASSED test_races.py::test_flaky_plain*",
+            "PASSED test_races.py::test_steady*",
+        ]
+    )
     result.stdout.no_fnmatch_line("RERUN test_races.py::test_*race*")
     for nodeid in ("test_races.py::test_race", "test_races.py::test_flaky_marked_race"):
         assert re.search(r"\b4 runs\s+2 outcomes\s+RACE\b", race_report_line(result, nodeid))
@@ -102,11 +104,13 @@ def test_ipc_timeout_fires_before_pytest_timeout_with_worker_stacks(pytester: py
     )
     result = run(pytester, "--timeout=30", "--ipc-start-method=fork")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "E * pytest_ipc.WorkerTimeout: worker 'stuck-0' (pid *) still running after the 2s timeout; ended them.",
-        "E * --- stack of worker 'stuck-0' (pid *) ---",
-        '*helpers.py", line * in hang',
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "E * pytest_ipc.WorkerTimeout: worker 'stuck-0' (pid *) still running after the 2s timeout; ended them.",
+            "E * --- stack of worker 'stuck-0' (pid *) ---",
+            '*helpers.py", line * in hang',
+        ]
+    )
     result.stdout.no_fnmatch_line("*Timeout*+++*")  # pytest-timeout's banner
     joined = float(re.search(r"join took ([\d.]+)s", result.stdout.str()).group(1))  # type: ignore[union-attr]
     assert joined < 15, joined
@@ -154,8 +158,12 @@ def test_junitxml_carries_race_properties(pytester: pytest.Pytester, xdist: bool
     race = {"ipc_runs": "4", "ipc_distinct_outcomes": "2", "ipc_seed": "1234", "ipc_verdict": "race"}
     assert props("test_race") == race
     assert props("test_flaky_marked_race") == race
-    assert props("test_steady") == {"ipc_runs": "3", "ipc_distinct_outcomes": "1", "ipc_seed": "1234",
-                                    "ipc_verdict": "passed"}
+    assert props("test_steady") == {
+        "ipc_runs": "3",
+        "ipc_distinct_outcomes": "1",
+        "ipc_seed": "1234",
+        "ipc_verdict": "passed",
+    }
     assert props("test_flaky_plain") == {}
 
 
@@ -176,10 +184,12 @@ def test_repeat_count_makes_each_copy_its_own_race_test(pytester: pytest.Pyteste
     )
     result = run(pytester, "--count=2", "-v")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "*test_repeat_count_makes_each_copy_its_own_race_test.py::test_steady[[]1-2[]] PASSED*",
-        "*test_repeat_count_makes_each_copy_its_own_race_test.py::test_steady[[]2-2[]] PASSED*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_repeat_count_makes_each_copy_its_own_race_test.py::test_steady[[]1-2[]] PASSED*",
+            "*test_repeat_count_makes_each_copy_its_own_race_test.py::test_steady[[]2-2[]] PASSED*",
+        ]
+    )
     for copy in ("1-2", "2-2"):
         line = race_report_line(result, f"test_repeat_count_makes_each_copy_its_own_race_test.py::test_steady[{copy}]")
         assert re.search(r"\b3 runs\s+1 outcome\s+passed\b", line), line

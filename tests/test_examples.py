@@ -23,7 +23,7 @@ def test_examples_flag_only_the_unlocked_counter(pytester: pytest.Pytester) -> N
         [
             "*totals differ across 20 runs (start method *, seed *, jitter low)",
             "*total*runs",
-            "rerun: pytest * \"test_counter.py::test_unlocked_counter\" --ipc-seed=*",
+            'rerun: pytest * "test_counter.py::test_unlocked_counter" --ipc-seed=*',
             "*= ipc race report =*",
             "FAILED test_counter.py::test_unlocked_counter - pytest_ipc.RaceDetected*",
         ]

@@ -150,9 +150,7 @@ def test_all_parametrizes_every_test_using_the_fixtures(pytester: pytest.Pyteste
     pytester.makepyfile(REPORT_METHOD)
     result = pytester.runpytest("-v", "--ipc-start-method=all")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(
-        [f"*::test_method[[]{m}[]] PASSED*" for m in METHODS] + ["*::test_without_ipc PASSED*"]
-    )
+    result.stdout.fnmatch_lines([f"*::test_method[[]{m}[]] PASSED*" for m in METHODS] + ["*::test_without_ipc PASSED*"])
 
 
 # Stands in for a platform without forkserver (Windows has only spawn): the
@@ -180,8 +178,11 @@ def test_unavailable_start_method_is_a_skip_with_the_reason(pytester: pytest.Pyt
     marked = pytester.runpytest_subprocess("-rs", "-v", timeout=60)
     marked.assert_outcomes(passed=1, skipped=1)
     marked.stdout.fnmatch_lines(
-        ["*::test_marked[[]fork[]] PASSED*", "*::test_marked[[]forkserver[]] SKIPPED*",
-         "SKIPPED [[]1[]] *start method 'forkserver' is not available on this platform"]
+        [
+            "*::test_marked[[]fork[]] PASSED*",
+            "*::test_marked[[]forkserver[]] SKIPPED*",
+            "SKIPPED [[]1[]] *start method 'forkserver' is not available on this platform",
+        ]
     )
     pytester.makepyfile(test_unmarked="def test_plain(ipc_context):\n    pass\n")
     plain = pytester.runpytest_subprocess("-rs", "--ipc-start-method=forkserver", "test_unmarked.py", timeout=60)
@@ -326,7 +327,7 @@ def test_fixtures_work_under_every_start_method(pytester: pytest.Pytester) -> No
 
 # -- fanin_queue teardown with undrained data --------------------------------
 
-UNDRAINED_TESTS = r'''
+UNDRAINED_TESTS = r"""
 import pytest
 
 import helpers
@@ -344,7 +345,7 @@ def test_worker_leaves_data(ipc_workers, fanin_queue):
     ipc_workers.start(helpers.put_big, args=(fanin_queue,))
     # Not joined: the worker cannot exit before its 10 MB are read, which
     # only the queue's teardown does.
-'''
+"""
 
 TEARDOWN_TIMER = """
 def pytest_runtest_logreport(report):
@@ -372,7 +373,7 @@ def test_fanin_queue_teardown_never_hangs_on_undrained_data(pytester: pytest.Pyt
 
 # -- the timeout: option, ini, marker ----------------------------------------
 
-TIMEOUT_TESTS = r'''
+TIMEOUT_TESTS = r"""
 import time
 
 import pytest
@@ -397,7 +398,7 @@ def test_marker_timeout(ipc_workers, fanin_queue, ipc_context):
         ipc_workers.join()
     # Two 1 s waits plus the launcher's grace periods, nowhere near the session's timeout.
     assert time.monotonic() - started < 8
-'''
+"""
 
 
 @pytest.mark.parametrize(
@@ -444,7 +445,7 @@ def preloaded():
 
 # The conftest sets the user's own preload list as it is imported, before
 # pytest configures the plugins; its session fixture starts the fork server.
-EARLY_FORK_SERVER_CONFTEST = '''
+EARLY_FORK_SERVER_CONFTEST = """
 import multiprocessing
 
 import pytest
@@ -459,16 +460,16 @@ def fork_server_started_first():
     p = multiprocessing.get_context("forkserver").Process(target=early.quick)
     p.start()
     p.join()
-'''
+"""
 
-EARLY_FORK_SERVER_TEST = '''
+EARLY_FORK_SERVER_TEST = """
 import early
 
 
 def test_worker(ipc_workers):
     ipc_workers.start(early.preloaded)
     assert ipc_workers.join() == [[True, True]]
-'''
+"""
 
 
 def test_a_fork_server_started_before_any_ipc_fixture_still_preloads(pytester: pytest.Pytester) -> None:

@@ -25,7 +25,8 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import iniconfig
 import pytest
@@ -168,13 +169,62 @@ def header_of(text: str) -> str:
 
 # -- option and ini values --------------------------------------------------------------
 
-ODD_TEXT = st.sampled_from([
-    "", " ", "none", "None", "off", "Low", " HIGH ", "all", "fork", " spawn\t", "forkserver", "Fork",
-    "threads", "warn", "FAIL", "nan", "-nan", "inf", "-inf", "infinity", "1e400", "-1e400", "1e-400", "5e-324",
-    "-0", "0", "0.0", "-1", "1.5", "1_000", "0x10", "١٢", "true", "[]", "{}", "4294967295", "4294967296",
-    "604800", "604800.5", "1000000000", "1000000001", "10000", "10001", "9" * 5000, "1" + "0" * 400,
-    "\x00", "a\nb", "\x1b[31mred", "--ipc-runs=3", "'5'", "5 # five", "5 ; five",
-])
+ODD_TEXT = st.sampled_from(
+    [
+        "",
+        " ",
+        "none",
+        "None",
+        "off",
+        "Low",
+        " HIGH ",
+        "all",
+        "fork",
+        " spawn\t",
+        "forkserver",
+        "Fork",
+        "threads",
+        "warn",
+        "FAIL",
+        "nan",
+        "-nan",
+        "inf",
+        "-inf",
+        "infinity",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "5e-324",
+        "-0",
+        "0",
+        "0.0",
+        "-1",
+        "1.5",
+        "1_000",
+        "0x10",
+        "١٢",
+        "true",
+        "[]",
+        "{}",
+        "4294967295",
+        "4294967296",
+        "604800",
+        "604800.5",
+        "1000000000",
+        "1000000001",
+        "10000",
+        "10001",
+        "9" * 5000,
+        "1" + "0" * 400,
+        "\x00",
+        "a\nb",
+        "\x1b[31mred",
+        "--ipc-runs=3",
+        "'5'",
+        "5 # five",
+        "5 ; five",
+    ]
+)
 NUMBER_TEXT = st.one_of(
     st.integers(-(2**70), 2**70).map(str), st.floats().map(repr), st.floats().map(str), st.integers(-5, 50).map(str)
 )
@@ -186,14 +236,17 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], st.SearchStrategy[str], Callable[
     "--ipc-runs": (lambda t: ref_whole(t, 1, MAX_RUNS), st.integers(1, MAX_RUNS).map(str), lambda v: f" runs {v},"),
     "--ipc-seed": (lambda t: ref_whole(t, 0, MAX_SEED), st.integers(0, MAX_SEED).map(str), lambda v: f" seed {v},"),
     "--ipc-shards": (
-        lambda t: ref_whole(t, 1, MAX_SHARDS), st.integers(1, MAX_SHARDS).map(str),
+        lambda t: ref_whole(t, 1, MAX_SHARDS),
+        st.integers(1, MAX_SHARDS).map(str),
         lambda v: f", shards {v}," if v > 1 else "",
     ),
     "--ipc-timeout": (ref_seconds, SECONDS_TEXT, lambda v: f" timeout {v:g}s,"),
     "--ipc-budget": (ref_budget, st.one_of(SECONDS_TEXT, st.just(" NONE")), None),
     "--ipc-jitter": (ref_jitter, PROBABILITY_TEXT, lambda v: f" jitter {v:g},"),
     "--ipc-start-method": (
-        ref_method, st.sampled_from(["fork", "spawn", "forkserver", "all", " spawn "]), lambda v: f" start method {v}",
+        ref_method,
+        st.sampled_from(["fork", "spawn", "forkserver", "all", " spawn "]),
+        lambda v: f" start method {v}",
     ),
     "--ipc-leak-check": (ref_leak_check, st.sampled_from(["off", "warn", "fail", " Warn "]), None),
 }
@@ -224,9 +277,7 @@ def test_plain(ipc_context):
 """
 
 
-def check_settings(
-    result: pytest.RunResult, given_values: dict[str, Any], source: Callable[[str], str]
-) -> None:
+def check_settings(result: pytest.RunResult, given_values: dict[str, Any], source: Callable[[str], str]) -> None:
     """A bad value stops the session naming it and its source; good ones are used, as the header shows.
 
     ``given_values`` maps option names to the values pytest-ipc reads;
@@ -263,9 +314,7 @@ def test_fuzzed_options(pytester: pytest.Pytester, options: dict[str, str]) -> N
 
 def toml_string(text: str) -> str:
     """``text`` as a TOML basic string: every character but plain ASCII escaped."""
-    return '"' + "".join(
-        c if " " <= c <= "~" and c not in '"\\' else f"\\U{ord(c):08x}" for c in text
-    ) + '"'
+    return '"' + "".join(c if " " <= c <= "~" and c not in '"\\' else f"\\U{ord(c):08x}" for c in text) + '"'
 
 
 def one_line(text: str) -> bool:
@@ -282,9 +331,11 @@ def test_fuzzed_ini_keys(pytester: pytest.Pytester, values: dict[str, str], toml
     for leftover in ("pytest.ini", "pyproject.toml"):
         (pytester.path / leftover).unlink(missing_ok=True)
     if toml:
-        pytester.makefile(".toml", pyproject="[tool.pytest.ini_options]\n" + "".join(
-            f"{key} = {toml_string(value)}\n" for key, value in values.items()
-        ))
+        pytester.makefile(
+            ".toml",
+            pyproject="[tool.pytest.ini_options]\n"
+            + "".join(f"{key} = {toml_string(value)}\n" for key, value in values.items()),
+        )
         read = dict(values)  # a TOML string is read as it is
         source = "pyproject.toml"
     else:
@@ -299,7 +350,8 @@ def test_fuzzed_ini_keys(pytester: pytest.Pytester, values: dict[str, str], toml
     result = run_inprocess(pytester)
     # An empty key is as if it were not there.
     check_settings(
-        result, {"--" + key.replace("_", "-"): value for key, value in read.items() if value != ""},
+        result,
+        {"--" + key.replace("_", "-"): value for key, value in read.items() if value != ""},
         lambda option: f"ini key {option[2:].replace('-', '_')} = ",
     )
     if result.ret == USAGE_ERROR:
@@ -390,17 +442,27 @@ def to_source(value: Any) -> str:
 
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 30), st.integers(), st.integers(10**8, 10**40),
-    st.floats(), st.floats(0, 1), st.complex_numbers(max_magnitude=10),
-    st.text(max_size=8), st.binary(max_size=4),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 30),
+    st.integers(),
+    st.integers(10**8, 10**40),
+    st.floats(),
+    st.floats(0, 1),
+    st.complex_numbers(max_magnitude=10),
+    st.text(max_size=8),
+    st.binary(max_size=4),
     st.sampled_from(["fork", " spawn", "all", "off", "low", "HIGH", "none", "2", " 3 ", "0.5", "nan", "1e400", ""]),
     st.sampled_from([Named(name) for name in sorted(VALUES)]),
 )
 ANY_VALUE = st.recursive(
     SCALARS,
     lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.tuples(inner, inner), st.dictionaries(st.text(max_size=3), inner, max_size=2),
-        st.sets(st.integers(0, 9), max_size=3), st.frozensets(st.integers(0, 9), max_size=3),
+        st.lists(inner, max_size=3),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=3), inner, max_size=2),
+        st.sets(st.integers(0, 9), max_size=3),
+        st.frozensets(st.integers(0, 9), max_size=3),
     ),
     max_leaves=4,
 )
@@ -467,21 +529,40 @@ def _matches(expect: Any) -> bool:
 SHORT_BUDGET = 0.05  # a budget under which many runs end quickly
 # runs= values: bad ones, good ones up to 5, and many runs only under a short budget (see assume below).
 RUNS = st.one_of(st.integers(1, 5), st.integers(1, 5).map(lambda n: f" {n} "), st.integers(-3, 0), ANY_VALUE)
-BUDGETS = st.one_of(st.floats(1e-6, SHORT_BUDGET), st.sampled_from([5e-324, "0.01", 0, -1, "none", MAX_SECONDS + 1]),
-                    ANY_VALUE)
+BUDGETS = st.one_of(
+    st.floats(1e-6, SHORT_BUDGET), st.sampled_from([5e-324, "0.01", 0, -1, "none", MAX_SECONDS + 1]), ANY_VALUE
+)
 JITTERS = st.one_of(st.floats(0, 1), st.sampled_from(["off", " LOW", "high", "0.3", "1.5", "nan", -0.1, 2]), ANY_VALUE)
 EXPECTS = st.one_of(
     st.just(OUTCOME),
-    st.sampled_from([7.0, "7", [7], {7, 8}, frozenset([7]), (7,), [[7]], [7, [8]], ([7],), {"a": 7}, [],
-                     float("nan"), complex(7, 0)]),
+    st.sampled_from(
+        [
+            7.0,
+            "7",
+            [7],
+            {7, 8},
+            frozenset([7]),
+            (7,),
+            [[7]],
+            [7, [8]],
+            ([7],),
+            {"a": 7},
+            [],
+            float("nan"),
+            complex(7, 0),
+        ]
+    ),
     ANY_VALUE,
 )
-GOOD_RACE_KEYWORDS = st.fixed_dictionaries({}, optional={
-    "runs": st.one_of(st.integers(1, 5), st.sampled_from(["3", " 2 ", None])),
-    "budget": st.one_of(st.floats(1e-6, MAX_SECONDS), st.sampled_from(["0.5", 30, None])),
-    "expect": st.sampled_from([OUTCOME, 7.0, "7", None, (7,), [6, 7], {7}, frozenset([8]), float("nan")]),
-    "jitter": st.one_of(st.floats(0, 1), st.sampled_from(["off", " Low", "HIGH", "0.5", 1, 0, None])),
-})
+GOOD_RACE_KEYWORDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "runs": st.one_of(st.integers(1, 5), st.sampled_from(["3", " 2 ", None])),
+        "budget": st.one_of(st.floats(1e-6, MAX_SECONDS), st.sampled_from(["0.5", 30, None])),
+        "expect": st.sampled_from([OUTCOME, 7.0, "7", None, (7,), [6, 7], {7}, frozenset([8]), float("nan")]),
+        "jitter": st.one_of(st.floats(0, 1), st.sampled_from(["off", " Low", "HIGH", "0.5", 1, 0, None])),
+    },
+)
 RACE_CALLS = st.one_of(
     st.tuples(st.just([]), GOOD_RACE_KEYWORDS),
     st.tuples(
@@ -517,12 +598,16 @@ def test_fuzzed_race_marker(pytester: pytest.Pytester, call: tuple[list[Any], di
     positional, keywords = call
     bound = bind(_race, real(positional), real(keywords))
     rule = {
-        "runs": lambda v: ref_whole(v, 1, MAX_RUNS), "budget": ref_seconds, "jitter": ref_jitter,
+        "runs": lambda v: ref_whole(v, 1, MAX_RUNS),
+        "budget": ref_seconds,
+        "jitter": ref_jitter,
         "expect": lambda v: v if all(map(_hashable, v if isinstance(v, (list, set, frozenset)) else [v])) else INVALID,
     }
-    parsed = {} if bound is None else {
-        name: None if bound[name] is None and name != "expect" else rule[name](bound[name]) for name in rule
-    }
+    parsed = (
+        {}
+        if bound is None
+        else {name: None if bound[name] is None and name != "expect" else rule[name](bound[name]) for name in rule}
+    )
     # "...ipc_race(runs=0): runs: expected ...", "...ipc_race(expect=[[]]): expect must be ..."
     bad = [(f"): {name}", bound[name]) for name, value in parsed.items() if value is INVALID] if bound else []
     if bound is not None and not bad:
@@ -560,15 +645,22 @@ def _timeout(seconds: Any) -> None:
 
 
 GOOD_SECONDS = st.one_of(st.floats(1e-9, MAX_SECONDS), st.integers(1, MAX_SECONDS), SECONDS_TEXT)
-SECONDS = st.one_of(GOOD_SECONDS, st.integers(-3, 0), ANY_VALUE,
-                    st.sampled_from([MAX_SECONDS + 1, 10**400, "1e400", "nan", float("inf"), " 2.5 "]))
+SECONDS = st.one_of(
+    GOOD_SECONDS,
+    st.integers(-3, 0),
+    ANY_VALUE,
+    st.sampled_from([MAX_SECONDS + 1, 10**400, "1e400", "nan", float("inf"), " 2.5 "]),
+)
 TIMEOUT_CALLS = st.one_of(
     st.builds(lambda seconds: ([seconds], {}), GOOD_SECONDS),
     st.builds(lambda seconds: ([], {"seconds": seconds}), GOOD_SECONDS),
     st.tuples(
         st.lists(SECONDS, max_size=2),
-        st.builds(lambda known, unknown: {**known, **unknown},
-                  st.fixed_dictionaries({}, optional={"seconds": SECONDS}), UNKNOWN_KEYWORDS),
+        st.builds(
+            lambda known, unknown: {**known, **unknown},
+            st.fixed_dictionaries({}, optional={"seconds": SECONDS}),
+            UNKNOWN_KEYWORDS,
+        ),
     ),
 )
 
@@ -592,10 +684,12 @@ def test_fuzzed_timeout_marker(pytester: pytest.Pytester, call: tuple[list[Any],
     bound = bind(_timeout, real(positional), real(keywords))
     seconds = INVALID if bound is None else ref_seconds(bound["seconds"])
     pytester.makepyfile(fuzz_values=VALUES_MODULE)
-    pytester.makepyfile(test_marked=TIMEOUT_FILE.format(
-        call=marker_call(positional, keywords),
-        expected="None" if seconds is INVALID else f"float.fromhex({seconds.hex()!r})",
-    ))
+    pytester.makepyfile(
+        test_marked=TIMEOUT_FILE.format(
+            call=marker_call(positional, keywords),
+            expected="None" if seconds is INVALID else f"float.fromhex({seconds.hex()!r})",
+        )
+    )
     result = run_inprocess(pytester)
     text = assert_no_crash(result)
     event("rejected" if seconds is INVALID else "accepted")
@@ -612,8 +706,9 @@ GOOD_METHOD = st.sampled_from(["fork", "spawn", "forkserver", "all", " fork "])
 METHOD_ARGS = st.one_of(GOOD_METHOD, st.sampled_from(["FORK", "thread", ""]), ANY_VALUE)
 METHODS_CALLS = st.one_of(
     st.tuples(st.lists(GOOD_METHOD, min_size=1, max_size=4), st.just({})),
-    st.tuples(st.lists(METHOD_ARGS, max_size=4),
-              st.dictionaries(st.sampled_from(["methods", "all"]), METHOD_ARGS, max_size=1)),
+    st.tuples(
+        st.lists(METHOD_ARGS, max_size=4), st.dictionaries(st.sampled_from(["methods", "all"]), METHOD_ARGS, max_size=1)
+    ),
 )
 
 METHODS_FILE = """
@@ -648,7 +743,7 @@ def test_fuzzed_start_methods_marker(pytester: pytest.Pytester, call: tuple[list
         elif not positional:
             assert "name at least one of fork, spawn, forkserver" in text, text
         else:
-            bad = [real(arg) for arg, method in zip(positional, parsed) if method is INVALID]
+            bad = [real(arg) for arg, method in zip(positional, parsed, strict=False) if method is INVALID]
             assert any(re.search("got .*" + re.escape(shown(arg)), text) for arg in bad), text
         return
     expected: list[str] = []
@@ -694,14 +789,19 @@ def test_unhashable_outcomes_name_their_type(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--ipc-report=report.json")
     result.assert_outcomes(failed=4)
     for shown_value in ("list [[]1, 2]", "dict {'a': 1}", "set {3}"):
-        result.stdout.fnmatch_lines([
-            "RunsFailed: failed in 2 of 2 runs *", "*failed (UnhashableOutcome)      2",
-            (f"E   *UnhashableOutcome: ipc_outcome.record(): the outcome must be hashable so that runs can be "
-             f"compared; got {shown_value} (record a tuple instead of a list, a frozenset instead of a set)"),
-        ])
-    result.stdout.fnmatch_lines([
-        "E   *UnhashableOutcome: *must be hashable*; hashing BadHash BadHash() raised RuntimeError('no hash today')"
-    ])
+        result.stdout.fnmatch_lines(
+            [
+                "RunsFailed: failed in 2 of 2 runs *",
+                "*failed (UnhashableOutcome)      2",
+                (
+                    f"E   *UnhashableOutcome: ipc_outcome.record(): the outcome must be hashable so that runs can be "
+                    f"compared; got {shown_value} (record a tuple instead of a list, a frozenset instead of a set)"
+                ),
+            ]
+        )
+    result.stdout.fnmatch_lines(
+        ["E   *UnhashableOutcome: *must be hashable*; hashing BadHash BadHash() raised RuntimeError('no hash today')"]
+    )
     assert_no_crash(result)
     assert {t["verdict"] for t in load_report(pytester).values()} == {"failed"}
 
@@ -759,28 +859,45 @@ def test_unprintable_outcomes_still_print_a_report(pytester: pytest.Pytester) ->
     )
     result = run(pytester, "-v", "--ipc-report=report.json")
     result.assert_outcomes(passed=3, failed=2)
-    result.stdout.fnmatch_lines([
-        "RaceDetected: outcomes differ across 4 runs *",
-        "*outcome   runs",
-        "  <unprintable BadRepr: RuntimeError> #1      2",
-        "  <unprintable BadRepr: RuntimeError> #2      2",
-        "  (outcomes marked #1, #2, ... differ but print alike)",
-    ])
-    result.stdout.fnmatch_lines([
-        "UnexpectedOutcome: outcome <unprintable BadRepr: RuntimeError> of all 2 runs is not the expected 1 (*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "RaceDetected: outcomes differ across 4 runs *",
+            "*outcome   runs",
+            "  <unprintable BadRepr: RuntimeError> #1      2",
+            "  <unprintable BadRepr: RuntimeError> #2      2",
+            "  (outcomes marked #1, #2, ... differ but print alike)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "UnexpectedOutcome: outcome <unprintable BadRepr: RuntimeError> of all 2 runs is not the expected 1 (*",
+        ]
+    )
     # The -v report: one line per histogram row, control characters escaped.
-    result.stdout.fnmatch_lines(["test_unprintable.py::test_steady *3 runs*passed*", "*outcome   runs",
-                                 "    <unprintable BadRepr: RuntimeError>      3"])
-    result.stdout.fnmatch_lines(["test_unprintable.py::test_not_text *passed*", "*outcome   runs",
-                                 "    <unprintable NotText: TypeError>      2"])
-    result.stdout.fnmatch_lines(["test_unprintable.py::test_escapes *passed*", "*outcome   runs",
-                                 r"    line one\nline two\x1b[[]2J      2"])
+    result.stdout.fnmatch_lines(
+        [
+            "test_unprintable.py::test_steady *3 runs*passed*",
+            "*outcome   runs",
+            "    <unprintable BadRepr: RuntimeError>      3",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "test_unprintable.py::test_not_text *passed*",
+            "*outcome   runs",
+            "    <unprintable NotText: TypeError>      2",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["test_unprintable.py::test_escapes *passed*", "*outcome   runs", r"    line one\nline two\x1b[[]2J      2"]
+    )
     assert "\x1b[2J" not in result.stdout.str()
     assert_no_crash(result)
     report = load_report(pytester)
-    assert report["test_differ"]["histogram"] == [["<unprintable BadRepr: RuntimeError> #1", 2],
-                                                   ["<unprintable BadRepr: RuntimeError> #2", 2]]
+    assert report["test_differ"]["histogram"] == [
+        ["<unprintable BadRepr: RuntimeError> #1", 2],
+        ["<unprintable BadRepr: RuntimeError> #2", 2],
+    ]
     assert report["test_escapes"]["histogram"] == [[r"line one\nline two\x1b[2J", 2]]
 
 
@@ -817,12 +934,21 @@ def test_huge_outcomes_keep_the_report_short_and_fast(pytester: pytest.Pytester)
     assert_no_crash(result)
     assert max(map(len, result.outlines)) < 200
     # The shortened labels keep the end, where these two differ.
-    result.stdout.fnmatch_lines(["RaceDetected: outcomes differ across 4 runs *", "*outcome   runs",
-                                 "  'xxxxx*xxx...xxx*xx0'      2", "  'xxxxx*xxx...xxx*xx1'      2"])
+    result.stdout.fnmatch_lines(
+        [
+            "RaceDetected: outcomes differ across 4 runs *",
+            "*outcome   runs",
+            "  'xxxxx*xxx...xxx*xx0'      2",
+            "  'xxxxx*xxx...xxx*xx1'      2",
+        ]
+    )
     result.stdout.fnmatch_lines(["test_huge.py::test_int *passed*", "*outcome   runs", "    0x1000*...*0000      3"])
     report = load_report(pytester)
     assert {n: t["verdict"] for n, t in report.items()} == {
-        "test_tuple": "passed", "test_string": "passed", "test_int": "passed", "test_differ_at_the_end": "race"
+        "test_tuple": "passed",
+        "test_string": "passed",
+        "test_int": "passed",
+        "test_differ_at_the_end": "race",
     }
     assert len(report["test_tuple"]["histogram"][0][0]) <= 80
     # The whole session took about 1.5 s on 2 busy cores; the bound only
@@ -871,11 +997,17 @@ def test_unpicklable_outcomes_under_xdist(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=2)
     assert_no_crash(result)
     result.stdout.no_fnmatch_line("*pickle*")
-    result.stdout.fnmatch_lines(["RaceDetected: outcomes differ across 4 runs *", "*outcome   runs",
-                                 "  Unpicklable(0)      2", "  Unpicklable(1)      2"])
-    result.stdout.fnmatch_lines([
-        "UnexpectedOutcome: outcome Unpicklable(1) of all 2 runs is not the expected Unpicklable(2) (*"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "RaceDetected: outcomes differ across 4 runs *",
+            "*outcome   runs",
+            "  Unpicklable(0)      2",
+            "  Unpicklable(1)      2",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["UnexpectedOutcome: outcome Unpicklable(1) of all 2 runs is not the expected Unpicklable(2) (*"]
+    )
     report = load_report(pytester)
     assert {n: (t["verdict"], t["histogram"]) for n, t in report.items()} == {
         "test_steady": ("passed", [["Unpicklable(1)", 3]]),
@@ -957,21 +1089,35 @@ def test_outcomes_whose_eq_raises_or_is_not_a_bool(pytester: pytest.Pytester) ->
     result.assert_outcomes(passed=1, failed=4)
     assert_no_crash(result)
     for name in ("test_vec", "test_vec_in_a_tuple"):
-        result.stdout.fnmatch_lines([
-            f"*_ {name} _*",
-            ("RunsFailed: cannot tell whether 3 runs agree (start method *): the outcome *Vec(1, 2)* of run 1 "
-             "cannot be compared with earlier runs' outcomes: ValueError('the truth value of a Vec is ambiguous'); "
-             "record plain values (numbers, strings, tuples of them)"),
-        ])
-    result.stdout.fnmatch_lines([
-        ("UnexpectedOutcome: outcome 7 of all 2 runs cannot be compared with the expected <*Grumpy object at *>: "
-         "RuntimeError('no comparisons') (*"),
-    ])
-    result.stdout.fnmatch_lines(["RaceDetected: outcomes differ across 4 runs *", "*outcome   runs",
-                                 "  Fuzzy(0)      2", "  Fuzzy(1)      2"])
+        result.stdout.fnmatch_lines(
+            [
+                f"*_ {name} _*",
+                (
+                    "RunsFailed: cannot tell whether 3 runs agree (start method *): the outcome *Vec(1, 2)* of run 1 "
+                    "cannot be compared with earlier runs' outcomes: ValueError('the truth value of a Vec is ambiguous'); "
+                    "record plain values (numbers, strings, tuples of them)"
+                ),
+            ]
+        )
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "UnexpectedOutcome: outcome 7 of all 2 runs cannot be compared with the expected <*Grumpy object at *>: "
+                "RuntimeError('no comparisons') (*"
+            ),
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["RaceDetected: outcomes differ across 4 runs *", "*outcome   runs", "  Fuzzy(0)      2", "  Fuzzy(1)      2"]
+    )
     verdicts = {n: t["verdict"] for n, t in load_report(pytester).items()}
-    assert verdicts == {"test_vec": "failed", "test_vec_in_a_tuple": "failed", "test_grumpy_expect": "unexpected",
-                        "test_fuzzy_same": "passed", "test_fuzzy_differ": "race"}
+    assert verdicts == {
+        "test_vec": "failed",
+        "test_vec_in_a_tuple": "failed",
+        "test_grumpy_expect": "unexpected",
+        "test_fuzzy_same": "passed",
+        "test_fuzzy_differ": "race",
+    }
 
 
 def test_nan_outcomes_agree(pytester: pytest.Pytester) -> None:
@@ -1016,8 +1162,9 @@ def test_nan_outcomes_agree(pytester: pytest.Pytester) -> None:
     result = run(pytester, "-v", "--ipc-report=report.json")
     result.assert_outcomes(passed=3, failed=1)
     assert_no_crash(result)
-    result.stdout.fnmatch_lines(["RaceDetected: outcomes differ across 4 runs *", "*outcome   runs",
-                                 "      0.5      2", "      nan      2"])
+    result.stdout.fnmatch_lines(
+        ["RaceDetected: outcomes differ across 4 runs *", "*outcome   runs", "      0.5      2", "      nan      2"]
+    )
     report = load_report(pytester)
     assert report["test_nan"]["histogram"] == [["nan", 3]]
     assert report["test_nan_in_a_tuple"]["histogram"] == [["(1, nan, (nan, 'x'))", 3]]
@@ -1071,21 +1218,39 @@ def test_different_outcomes_that_print_alike_are_a_race(pytester: pytest.Pyteste
     result = run(pytester, "--ipc-report=report.json")
     result.assert_outcomes(passed=1, failed=3)
     assert_no_crash(result)
-    result.stdout.fnmatch_lines([
-        "*_ test_equal_reprs _*", "RaceDetected: outcomes differ across 4 runs *", "    outcome   runs",
-        "  Same() #1      2", "  Same() #2      2", "  (outcomes marked #1, #2, ... differ but print alike)",
-    ])
-    result.stdout.fnmatch_lines([
-        "*_ test_long_tuples _*", "RaceDetected: outcomes differ across 4 runs *", "*outcome   runs",
-        "  (0, 0, 0, *...*0, 0, 0)      2", "  (0, 0, 0, *...*0, 0, 1)      2",
-    ])
-    result.stdout.fnmatch_lines([
-        "*_ test_strings_differ_in_the_middle _*", "RaceDetected: outcomes differ across 4 runs *", "*outcome   runs",
-        "  'aaaa*...*aaa' #1      2", "  'aaaa*...*aaa' #2      2",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_equal_reprs _*",
+            "RaceDetected: outcomes differ across 4 runs *",
+            "    outcome   runs",
+            "  Same() #1      2",
+            "  Same() #2      2",
+            "  (outcomes marked #1, #2, ... differ but print alike)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_long_tuples _*",
+            "RaceDetected: outcomes differ across 4 runs *",
+            "*outcome   runs",
+            "  (0, 0, 0, *...*0, 0, 0)      2",
+            "  (0, 0, 0, *...*0, 0, 1)      2",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_strings_differ_in_the_middle _*",
+            "RaceDetected: outcomes differ across 4 runs *",
+            "*outcome   runs",
+            "  'aaaa*...*aaa' #1      2",
+            "  'aaaa*...*aaa' #2      2",
+        ]
+    )
     report = load_report(pytester)
     assert {n: t["verdict"] for n, t in report.items()} == {
-        "test_equal_reprs": "race", "test_long_tuples": "race", "test_strings_differ_in_the_middle": "race",
+        "test_equal_reprs": "race",
+        "test_long_tuples": "race",
+        "test_strings_differ_in_the_middle": "race",
         "test_equal_values_print_differently": "passed",
     }
     assert report["test_equal_reprs"]["histogram"] == [["Same() #1", 2], ["Same() #2", 2]]

@@ -19,11 +19,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from leftovers import still_alive
+
 METHODS = ["fork", "spawn", "forkserver"]
 
-CONFTEST = '''
+CONFTEST = """
 import multiprocessing
 import os
 import signal
@@ -34,9 +34,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 # A private prefix for named semaphores, so leftovers can be told apart.
 multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-'''
+"""
 
-HELPERS = '''
+HELPERS = """
 import os
 
 
@@ -45,9 +45,9 @@ def add(counter, n, pidfile):
         f.write(f"{os.getpid()}\\n")
     for _ in range(n):
         counter.value += 1
-'''
+"""
 
-CAMPAIGN = '''
+CAMPAIGN = """
 import os
 
 import pytest
@@ -63,7 +63,7 @@ def test_counter(shared_value, ipc_workers):
     os.close(fd)
     ipc_workers.start(helpers.add, args=(shared_value, 50, os.environ["IPC_TEST_PIDFILE"]), count=9)
     ipc_workers.join()
-'''
+"""
 
 # Runs to let start before the signal: enough that some have completed.
 RUNS_BEFORE_SIGNAL = 5
@@ -83,16 +83,35 @@ def test_signal_mid_campaign_stops_reports_and_cleans_up(
     pidfile = tmp_path / "pids.txt"
     report = tmp_path / "report.json"
     prefix = f"ipcint{uuid.uuid4().hex[:10]}"
-    env = dict(os.environ, RUNS_FIFO=str(fifo), IPC_TEST_PIDFILE=str(pidfile), IPC_TEST_SEMPREFIX=prefix,
-               PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    env = dict(
+        os.environ,
+        RUNS_FIFO=str(fifo),
+        IPC_TEST_PIDFILE=str(pidfile),
+        IPC_TEST_SEMPREFIX=prefix,
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+    )
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     # Held open for reading and writing, so the FIFO never reports end of
     # file between runs and the inner test never blocks opening it.
     fd = os.open(fifo, os.O_RDWR)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "pytest_ipc", "-p", "no:cacheprovider",
-         f"--ipc-start-method={method}", f"--ipc-report={report}", f"--basetemp={tmp_path / 'basetemp'}"],
-        cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "pytest_ipc",
+            "-p",
+            "no:cacheprovider",
+            f"--ipc-start-method={method}",
+            f"--ipc-report={report}",
+            f"--basetemp={tmp_path / 'basetemp'}",
+        ],
+        cwd=pytester.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         # Its own process group, as a terminal's foreground job; signals go to pytest only.
         start_new_session=True,
     )

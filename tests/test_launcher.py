@@ -15,12 +15,11 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-
 from leftovers import still_alive
 
 METHODS = ["fork", "spawn", "forkserver"]
@@ -145,12 +144,12 @@ def interrupt(pid):
 
 # A private prefix for the named semaphores of the inner session, so that its
 # leftovers in /dev/shm can be told apart from other processes' entries.
-CONFTEST = '''
+CONFTEST = """
 import multiprocessing
 import os
 
 multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-'''
+"""
 
 
 def line_of(marker: str) -> int:
@@ -205,8 +204,14 @@ def run_inner(
     def run(*args: str, method: str) -> Run:
         started = time.monotonic()
         result = pytester.runpytest_subprocess(
-            "-p", "pytest_ipc", "-p", "no:cacheprovider", f"--ipc-start-method={method}",
-            f"--basetemp={basetemp}", *args, timeout=60,
+            "-p",
+            "pytest_ipc",
+            "-p",
+            "no:cacheprovider",
+            f"--ipc-start-method={method}",
+            f"--basetemp={basetemp}",
+            *args,
+            timeout=60,
         )
         elapsed = time.monotonic() - started
         pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
@@ -524,10 +529,12 @@ def test_a_fork_that_a_warning_filter_fails_leaves_no_child(pytester: pytest.Pyt
         "-W", "error:This process:DeprecationWarning", "--ipc-start-method=fork", "-p", "no:cacheprovider", timeout=60
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "E * pytest_ipc.WorkerStartError: could not start 'give-0' under 'fork': "
-        "DeprecationWarning: This process (pid=*) is multi-threaded, use of fork() may lead to deadlocks in the child.",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "E * pytest_ipc.WorkerStartError: could not start 'give-0' under 'fork': "
+            "DeprecationWarning: This process (pid=*) is multi-threaded, use of fork() may lead to deadlocks in the child.",
+        ]
+    )
     result.stdout.no_fnmatch_line("*pickled*")
 
 

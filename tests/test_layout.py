@@ -81,9 +81,14 @@ def test_a_leak_warning_under_xdist_reaches_the_controller(pytester: pytest.Pyte
     module and name, so the class must be ``pytest_ipc.LeakWarning`` there.
     """
     pytester.makepyfile(test_leaky=LEAKY)
-    result = pytester.runpytest_subprocess("-p", "pytest_ipc", "-n", "2", "--ipc-leak-check=warn",
-                                           "--ipc-start-method=fork", timeout=120)
+    result = pytester.runpytest_subprocess(
+        "-p", "pytest_ipc", "-n", "2", "--ipc-leak-check=warn", "--ipc-start-method=fork", timeout=120
+    )
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(["*LeakWarning: test_leaky.py::test_leaves_a_process left 1 thing(s) behind*",
-                                 "*process never joined: left-behind*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*LeakWarning: test_leaky.py::test_leaves_a_process left 1 thing(s) behind*",
+            "*process never joined: left-behind*",
+        ]
+    )

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from leftovers import still_alive
+
 METHODS = ["fork", "spawn", "forkserver"]
 
 # Targets and helpers of the inner sessions.  Not importing pytest keeps
@@ -138,7 +138,7 @@ def attach(name):
 
 # Kept module-level in the inner test file: reachable after the test, so a
 # real leak and not garbage.
-LEAKS = '''
+LEAKS = """
 import multiprocessing
 import multiprocessing.connection
 from multiprocessing import shared_memory
@@ -187,7 +187,7 @@ def test_manager_never_shut_down(ipc_context):
     manager = ipc_context.Manager()
     helpers.note("pid", manager._process.pid)
     KEEP.append(manager.dict())
-'''
+"""
 
 
 def _check_nothing_left(notes: Path, strict: bool = True) -> None:
@@ -214,8 +214,7 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
     def run(*args: str, plugins: tuple[str, ...] = (), strict: bool = True) -> pytest.RunResult:
         extra = [a for p in plugins for a in ("-p", p)]
-        result = pytester.runpytest_subprocess("-p", "pytest_ipc", "-p", "no:cacheprovider", *extra, *args,
-                                               timeout=120)
+        result = pytester.runpytest_subprocess("-p", "pytest_ipc", "-p", "no:cacheprovider", *extra, *args, timeout=120)
         result.stdout.no_fnmatch_line("*INTERNALERROR*")
         _check_nothing_left(notes, strict)
         return result
@@ -229,22 +228,23 @@ def test_each_leak_fails_its_test_naming_it(pytester: pytest.Pytester, inner, me
     pytester.makepyfile(test_leaks=LEAKS)
     result = inner(f"--ipc-start-method={method}")
     result.assert_outcomes(passed=6, errors=6)
-    result.stdout.fnmatch_lines_random([
-        "ERROR test_leaks.py::test_process_still_running - pytest_ipc.LeakError*",
-        "*process never joined: stuck-worker (pid *) was still running; call join() on it*",
-        "*process never joined: unjoined-worker (pid *) had exited with code 0; call join() on it*",
-        "*SharedMemory never unlinked: '*' in /dev/shm; call unlink() on it*",
-        "test_leaks.py::test_shared_memory_a_worker_never_unlinked left 1 thing(s) behind*",
-        "*Pipe never closed: a Connection over a *, fd * (duplex); call close() on both ends*",
-        "*Manager never shut down: its server process SyncManager-* (pid *) was still running*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR test_leaks.py::test_process_still_running - pytest_ipc.LeakError*",
+            "*process never joined: stuck-worker (pid *) was still running; call join() on it*",
+            "*process never joined: unjoined-worker (pid *) had exited with code 0; call join() on it*",
+            "*SharedMemory never unlinked: '*' in /dev/shm; call unlink() on it*",
+            "test_leaks.py::test_shared_memory_a_worker_never_unlinked left 1 thing(s) behind*",
+            "*Pipe never closed: a Connection over a *, fd * (duplex); call close() on both ends*",
+            "*Manager never shut down: its server process SyncManager-* (pid *) was still running*",
+        ]
+    )
     # Only what each test leaked is its error: one process, segment or Manager,
     # or the two ends of one Pipe.  Count the reports' own first lines: the
     # short summary repeats the message, cut to the terminal's width except on
     # CI (pytest never cuts it when $CI is set), so counting anywhere in the
     # output would depend on where the suite runs.
-    heads = [line for line in result.stdout.lines
-             if re.match(r"test_leaks\.py::\w+ left \d+ thing\(s\) behind", line)]
+    heads = [line for line in result.stdout.lines if re.match(r"test_leaks\.py::\w+ left \d+ thing\(s\) behind", line)]
     assert sum("left 1 thing(s) behind" in line for line in heads) == 5, heads
     assert len(heads) == 6, heads
     result.stdout.fnmatch_lines(["*test_pipe_never_closed left 2 thing(s) behind*"])
@@ -254,7 +254,7 @@ def test_each_leak_fails_its_test_naming_it(pytester: pytest.Pytester, inner, me
 
 # A process the test starts itself, not through ipc_workers, under the test's
 # start method; and one that an ipc_workers worker starts under the same.
-OWN_PROCESSES = '''
+OWN_PROCESSES = """
 import pytest
 
 import helpers
@@ -310,7 +310,7 @@ def test_amplified_subclass_never_unlinked(ipc_context):
     p.start()
     assert "run" not in vars(p)
     p.join()
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -325,16 +325,18 @@ def test_segments_of_processes_the_code_under_test_starts_are_seen(
     pytester.makepyfile(test_own=OWN_PROCESSES)
     result = inner(f"--ipc-start-method={method}")
     result.assert_outcomes(passed=6, errors=4, failed=2)
-    result.stdout.fnmatch_lines_random([
-        "test_own.py::test_own_process_never_unlinked left 1 thing(s) behind*",
-        "test_own.py::test_pool_worker_never_unlinked left 1 thing(s) behind*",
-        "test_own.py::test_workers_process_never_unlinked left 1 thing(s) behind*",
-        "test_own.py::test_subclass_never_unlinked left 1 thing(s) behind*",
-        "*RunsFailed: failed in 2 of 2 runs*",
-        "FAILED test_own.py::test_amplified_own_process_never_unlinked*",
-        "FAILED test_own.py::test_amplified_subclass_never_unlinked*",
-        "*failed (LeakError in teardown)*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "test_own.py::test_own_process_never_unlinked left 1 thing(s) behind*",
+            "test_own.py::test_pool_worker_never_unlinked left 1 thing(s) behind*",
+            "test_own.py::test_workers_process_never_unlinked left 1 thing(s) behind*",
+            "test_own.py::test_subclass_never_unlinked left 1 thing(s) behind*",
+            "*RunsFailed: failed in 2 of 2 runs*",
+            "FAILED test_own.py::test_amplified_own_process_never_unlinked*",
+            "FAILED test_own.py::test_amplified_subclass_never_unlinked*",
+            "*failed (LeakError in teardown)*",
+        ]
+    )
     # The children of the ipc_race tests were amplified as well as followed;
     # outside a race test, no process is.
     assert (pytester.path / "amplified.txt").read_text() == "True" * 2
@@ -343,7 +345,7 @@ def test_segments_of_processes_the_code_under_test_starts_are_seen(
 
 
 # Correct code must never be reported (the check must not cry wolf).
-CORRECT = '''
+CORRECT = """
 import gc
 from multiprocessing import shared_memory
 
@@ -438,7 +440,7 @@ def test_module_fixtures_again(module_pipe, module_manager, ipc_context):
 def test_race_runs_clean(ipc_context, ipc_outcome):
     with ipc_context.Manager() as m:
         ipc_outcome.record(len(m.list([1, 2])))
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -673,7 +675,7 @@ for _shape in SHAPES:
         globals()[_name] = type(_name, (_shape, _base), {"__module__": __name__, "__qualname__": _name})
 '''
 
-SHAPES_TEST = '''
+SHAPES_TEST = """
 import pytest
 
 import shapes
@@ -701,7 +703,7 @@ def test_shape(name, ipc_context, ipc_start_method):
 @pytest.mark.parametrize("name", NAMES)
 def test_shape_amplified(name, ipc_context, ipc_start_method):
     start_and_join(name, ipc_start_method)
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -719,6 +721,5 @@ def test_process_subclasses_of_every_shape_do_what_they_did(
     for line in out.read_text().splitlines():
         counts[line] = counts.get(line, 0) + 1
     assert counts == {
-        tag: 3
-        for tag in ("static", "classmethod", "deepcopied state", "reduced with dict", "frozen", "own run")
+        tag: 3 for tag in ("static", "classmethod", "deepcopied state", "reduced with dict", "frozen", "own run")
     }

@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from leftovers import gone, kill, processes_marked, wait_until
 
 # Worker targets in a module that does not import pytest (spawn workers start
 # fast); every worker records its pid first.
-HELPERS = '''
+HELPERS = """
 import os
 
 
@@ -39,18 +39,18 @@ def add_locked(counter, n):
     for _ in range(n):
         with counter.get_lock():
             counter.value += 1
-'''
+"""
 
 # A private prefix for the inner session's named semaphores (see tests/test_launcher.py).
-CONFTEST = '''
+CONFTEST = """
 import multiprocessing
 import os
 
 multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-'''
+"""
 
 # Six race tests of 60 runs, each run two workers adding 1 under the lock 50 times.
-MANY_RUNS = '''
+MANY_RUNS = """
 import pytest
 
 from helpers import add_locked
@@ -61,11 +61,11 @@ from helpers import add_locked
 def test_many(case, shared_value, ipc_workers):
     ipc_workers.start(add_locked, args=(shared_value, 50), count=2)
     ipc_workers.join()
-'''
+"""
 
 # 64 workers in every run.  The timeout is generous: 64 spawn workers take
 # about 4 s to start on an idle 2-core machine, and the suite shares it.
-MANY_WORKERS = '''
+MANY_WORKERS = """
 import pytest
 
 from helpers import add_locked
@@ -76,7 +76,7 @@ from helpers import add_locked
 def test_wide(shared_value, ipc_workers):
     ipc_workers.start(add_locked, args=(shared_value, 50), count=64)
     ipc_workers.join()
-'''
+"""
 
 # One race test of 200 runs measuring itself: tracemalloc starts at run 10,
 # so that the snapshots at run 20 and at run 200 both hold what was
@@ -87,7 +87,7 @@ def test_wide(shared_value, ipc_workers):
 # session one, tmp_path_factory) through request.getfixturevalue() in a
 # helper fixture, as a user's may: then the session fixture is not among
 # those the test names.
-MEMORY = '''
+MEMORY = """
 import gc
 import json
 import os
@@ -145,7 +145,7 @@ def test_memory(shared_value, ipc_workers_at_run_time, record_property):
             json.dump({"bytes": sum(stat.size_diff for stat in piling), "runs": LAST - FIRST,
                        "all_bytes": sum(stat.size_diff for stat in diff),
                        "requests": requests - first_requests, "top": [str(stat) for stat in diff[:8]]}, f)
-'''
+"""
 
 REPORT_LINE = re.compile(r"^(\S+::\S+)\s+(\d+) runs\s+(\d+) outcomes?\s+(\S+)", re.MULTILINE)
 
@@ -183,8 +183,15 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     def run(*args: str, timeout: float = 120) -> Run:
         xdist = ["-p", "xdist.plugin"] if "-n" in args else []
         result = pytester.runpytest_subprocess(
-            "-p", "pytest_ipc", *xdist, "-p", "no:cacheprovider", "--ipc-report=report.json",
-            f"--basetemp={basetemp}", *args, timeout=timeout,
+            "-p",
+            "pytest_ipc",
+            *xdist,
+            "-p",
+            "no:cacheprovider",
+            "--ipc-report=report.json",
+            f"--basetemp={basetemp}",
+            *args,
+            timeout=timeout,
         )
         pids = pidfile.read_text().split() if pidfile.exists() else []
         alive = wait_until(lambda: [p for p in map(int, pids) if not gone(p)], 10)
@@ -226,8 +233,9 @@ def test_many_race_tests_under_xdist_run_every_run_and_leave_nothing(
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_64_workers_per_run_complete_and_leave_nothing(inner: Callable[..., Run], pytester: pytest.Pytester,
-                                                        method: str) -> None:
+def test_64_workers_per_run_complete_and_leave_nothing(
+    inner: Callable[..., Run], pytester: pytest.Pytester, method: str
+) -> None:
     """One race test starting 64 workers in each of 3 runs: every run totals 64 x 50, nothing is left."""
     pytester.makepyfile(test_wide=MANY_WORKERS)
     run = inner("test_wide.py", f"--ipc-start-method={method}")
@@ -239,8 +247,9 @@ def test_64_workers_per_run_complete_and_leave_nothing(inner: Callable[..., Run]
 
 
 @pytest.fixture
-def memory(inner: Callable[..., Run], pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-           tmp_path: Path) -> dict[str, Any]:
+def memory(
+    inner: Callable[..., Run], pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, Any]:
     """What 180 runs of one race test left behind, measured inside the session (see MEMORY)."""
     out = tmp_path / "memory.json"
     monkeypatch.setenv("IPC_TEST_MEMORY", str(out))

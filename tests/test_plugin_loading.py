@@ -44,9 +44,7 @@ def test_dash_p_loads_the_plugin(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["pytest-ipc: seed *, start method *, timeout 30s, *"])
 
 
-def test_dash_p_loads_the_plugin_without_autoload(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_dash_p_loads_the_plugin_without_autoload(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """With PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 the plugin is off, and `-p pytest_ipc` turns it on."""
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makepyfile(USES_FIXTURE)
@@ -215,9 +213,7 @@ def test_session_without_ipc_behaves_as_without_the_plugin(pytester: pytest.Pyte
         return result.outlines[start + 1 : -1]
 
     assert summary(with_plugin) == summary(without)
-    with_plugin.stdout.fnmatch_lines(
-        ["probe: mp children 0", "probe: os children []", "probe: launcher loaded False"]
-    )
+    with_plugin.stdout.fnmatch_lines(["probe: mp children 0", "probe: os children []", "probe: launcher loaded False"])
 
 
 # What only a test that uses the plugin needs: none of it is imported by a session without one.

@@ -101,7 +101,7 @@ def histogram_after(lines: list[str], headline: str) -> list[tuple[str, int]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(headline))
     assert re.fullmatch(r"\s+(total|outcome)   runs", lines[start + 1]), lines[start + 1]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         match = re.fullmatch(r"\s+(\S.*?)\s+(\d+)", line)
         if not match:
             break
@@ -112,8 +112,9 @@ def histogram_after(lines: list[str], headline: str) -> list[tuple[str, int]]:
 def report_line(result: pytest.RunResult, nodeid: str) -> re.Match[str]:
     """The ``ipc race report`` line of ``nodeid``: runs, distinct outcomes, verdict."""
     section = result.stdout.str().split("ipc race report", 1)[1]
-    match = re.search(rf"^{re.escape(nodeid)}\s+(\d+) runs\s+(\d+) outcomes?\s+(\S.*?)\s+[\d.]+s$",
-                      section, re.MULTILINE)
+    match = re.search(
+        rf"^{re.escape(nodeid)}\s+(\d+) runs\s+(\d+) outcomes?\s+(\S.*?)\s+[\d.]+s$", section, re.MULTILINE
+    )
     assert match, section
     return match
 
@@ -133,11 +134,13 @@ def test_seed_counter_races_and_locked_counter_passes(pytester: pytest.Pytester)
     result = run(pytester, "-v")
     result.assert_outcomes(failed=1, passed=1)
     seed = session_seed(result)
-    result.stdout.fnmatch_lines([
-        f"RaceDetected: totals differ across 20 runs (start method fork, seed {seed}, jitter low)",
-        "  total   runs",
-        f'rerun: pytest -p pytest_ipc "test_counter.py::test_counter" --ipc-seed={seed}*',
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"RaceDetected: totals differ across 20 runs (start method fork, seed {seed}, jitter low)",
+            "  total   runs",
+            f'rerun: pytest -p pytest_ipc "test_counter.py::test_counter" --ipc-seed={seed}*',
+        ]
+    )
     rows = histogram_after(result.outlines, "RaceDetected: totals differ")
     counts = [n for _, n in rows]
     assert len(rows) > 1
@@ -146,8 +149,9 @@ def test_seed_counter_races_and_locked_counter_passes(pytester: pytest.Pytester)
     assert all(label.isdigit() and int(label) <= 450 for label, _ in rows)
     assert report_line(result, "test_counter.py::test_counter").groups()[::2] == ("20", "RACE")
     assert report_line(result, "test_counter.py::test_locked").groups() == ("20", "1", "passed")
-    result.stdout.fnmatch_lines(["*ipc race report*", "test_counter.py::test_locked*", "    total   runs",
-                                 "      450     20"])
+    result.stdout.fnmatch_lines(
+        ["*ipc race report*", "test_counter.py::test_locked*", "    total   runs", "      450     20"]
+    )
     result.stdout.fnmatch_lines(["FAILED test_counter.py::test_counter - pytest_ipc.RaceDetected: totals differ*"])
 
 
@@ -203,27 +207,43 @@ def test_expect(pytester: pytest.Pytester) -> None:
     """Agreeing runs pass when the outcome is (one of) ``expect``, else UnexpectedOutcome; a race comes first."""
     source = ["import pytest", "calls = [0]"]
     for i, (expect, recorded, _) in enumerate(EXPECT_CASES):
-        source += [f"@pytest.mark.ipc_race(runs=3, expect={expect})",
-                   f"def test_case{i}(ipc_outcome):", f"    ipc_outcome.record({recorded})"]
-    source += ["@pytest.mark.ipc_race(runs=4, expect=[0, 1])", "def test_flip(ipc_outcome):",
-               "    calls[0] += 1", "    ipc_outcome.record(calls[0] % 2)"]
+        source += [
+            f"@pytest.mark.ipc_race(runs=3, expect={expect})",
+            f"def test_case{i}(ipc_outcome):",
+            f"    ipc_outcome.record({recorded})",
+        ]
+    source += [
+        "@pytest.mark.ipc_race(runs=4, expect=[0, 1])",
+        "def test_flip(ipc_outcome):",
+        "    calls[0] += 1",
+        "    ipc_outcome.record(calls[0] % 2)",
+    ]
     pytester.makepyfile(test_expect="\n".join(source))
     result = run(pytester, "-v")
     result.assert_outcomes(passed=3, failed=3)
     for i, (expect, recorded, passes) in enumerate(EXPECT_CASES):
         result.stdout.fnmatch_lines([f"test_expect.py::test_case{i} {'PASSED' if passes else 'FAILED'}*"])
         if not passes:
-            result.stdout.fnmatch_lines([
-                f"*_ test_case{i} _*",
-                # A set's repr has no fixed order.
-                f"UnexpectedOutcome: outcome {recorded} of all 3 runs is not the expected "
-                f"{'{*}' if expect.startswith('{') else expect} (start method *",
-                "*outcome   runs",
-                f"*{recorded}      3",
-            ])
+            result.stdout.fnmatch_lines(
+                [
+                    f"*_ test_case{i} _*",
+                    # A set's repr has no fixed order.
+                    f"UnexpectedOutcome: outcome {recorded} of all 3 runs is not the expected "
+                    f"{'{*}' if expect.startswith('{') else expect} (start method *",
+                    "*outcome   runs",
+                    f"*{recorded}      3",
+                ]
+            )
     # Runs that disagree fail as a race even when every outcome is acceptable.
-    result.stdout.fnmatch_lines(["*_ test_flip _*", "RaceDetected: outcomes differ across 4 runs *",
-                                 "  outcome   runs", "        0      2", "        1      2"])
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_flip _*",
+            "RaceDetected: outcomes differ across 4 runs *",
+            "  outcome   runs",
+            "        0      2",
+            "        1      2",
+        ]
+    )
 
 
 def test_budget_stops_new_runs(pytester: pytest.Pytester) -> None:
@@ -279,28 +299,39 @@ def test_recorded_outcomes_and_verdicts(pytester: pytest.Pytester) -> None:
     result = run(pytester, "-v")
     result.assert_outcomes(passed=2, failed=4)
     out = result.stdout.str()
-    for name, outcome in [("steady", "PASSED"), ("flip", "FAILED"), ("broken", "FAILED"), ("wrong", "FAILED"),
-                          ("unhashable", "FAILED"), ("plain", "PASSED")]:
+    for name, outcome in [
+        ("steady", "PASSED"),
+        ("flip", "FAILED"),
+        ("broken", "FAILED"),
+        ("wrong", "FAILED"),
+        ("unhashable", "FAILED"),
+        ("plain", "PASSED"),
+    ]:
         lines = re.findall(rf"^test_recorded.py::test_{name} \w+", out, re.MULTILINE)
         assert lines == [f"test_recorded.py::test_{name} {outcome}"]
     # Recorded outcomes take the place of the automatic total, tuples included.
     assert histogram_after(result.outlines, "RaceDetected: outcomes differ across 4 runs") == [("0", 2), ("1", 2)]
-    result.stdout.fnmatch_lines(["test_recorded.py::test_steady *4 runs*passed*", "       outcome   runs",
-                                 "    (1, 'one')      4"])
+    result.stdout.fnmatch_lines(
+        ["test_recorded.py::test_steady *4 runs*passed*", "       outcome   runs", "    (1, 'one')      4"]
+    )
     # Every run failing is a plain bug: RunsFailed, not RaceDetected.
-    result.stdout.fnmatch_lines([
-        "*_ test_broken _*",
-        "RunsFailed: failed in 3 of 3 runs *",
-        "  failed (AssertionError)      3",
-        "first failure (run 0, seed *):",
-        "E       AssertionError: always",
-    ])
-    result.stdout.fnmatch_lines([
-        "*_ test_unhashable _*",
-        "RunsFailed: failed in 3 of 3 runs *",
-        "*failed (UnhashableOutcome)      3",
-        "*outcome must be hashable*got list [[]1, 2]*tuple instead of a list*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_broken _*",
+            "RunsFailed: failed in 3 of 3 runs *",
+            "  failed (AssertionError)      3",
+            "first failure (run 0, seed *):",
+            "E       AssertionError: always",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_unhashable _*",
+            "RunsFailed: failed in 3 of 3 runs *",
+            "*failed (UnhashableOutcome)      3",
+            "*outcome must be hashable*got list [[]1, 2]*tuple instead of a list*",
+        ]
+    )
     result.stdout.fnmatch_lines(["FAILED test_recorded.py::test_broken - pytest_ipc.RunsFailed: *"])
     assert report_line(result, "test_recorded.py::test_broken").group(3) == "FAILED"
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
@@ -325,22 +356,24 @@ def test_some_runs_failing_is_a_race(pytester: pytest.Pytester) -> None:
     result = run(pytester)
     result.assert_outcomes(failed=1)
     seed = session_seed(result)
-    result.stdout.fnmatch_lines([
-        f"RaceDetected: failed in 1 of 5 runs (start method fork, seed {seed}, jitter low)",
-        "                  outcome   runs",
-        "                   'fine'      4",
-        "  failed (AssertionError)      1",
-        "first failure (run 2, seed *):",
-        "    @pytest.mark.ipc_race(runs=5)",
-        "    def test_third_run_fails(ipc_outcome):",
-        ">       assert calls[0] != 3, \"the third run\"",
-        "E       AssertionError: the third run",
-        "test_third.py:9: AssertionError",
-        'rerun: pytest -p pytest_ipc "test_third.py::test_third_run_fails" *',
-        # The captured output is that of the run whose traceback is shown.
-        "*Captured stdout call*",
-        "this is run 3",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"RaceDetected: failed in 1 of 5 runs (start method fork, seed {seed}, jitter low)",
+            "                  outcome   runs",
+            "                   'fine'      4",
+            "  failed (AssertionError)      1",
+            "first failure (run 2, seed *):",
+            "    @pytest.mark.ipc_race(runs=5)",
+            "    def test_third_run_fails(ipc_outcome):",
+            '>       assert calls[0] != 3, "the third run"',
+            "E       AssertionError: the third run",
+            "test_third.py:9: AssertionError",
+            'rerun: pytest -p pytest_ipc "test_third.py::test_third_run_fails" *',
+            # The captured output is that of the run whose traceback is shown.
+            "*Captured stdout call*",
+            "this is run 3",
+        ]
+    )
     result.stdout.no_fnmatch_line("this is run [1245]")
 
 
@@ -363,12 +396,14 @@ def test_race_under_spawn(pytester: pytest.Pytester) -> None:
     result = run(pytester)
     result.assert_outcomes(failed=1)
     seed = session_seed(result)
-    result.stdout.fnmatch_lines([
-        f"UnexpectedOutcome: outcome 100 of all 2 runs is not the expected 99 (start method spawn, seed {seed}, *",
-        "  total   runs",
-        "    100      2",
-        f'rerun: pytest -p pytest_ipc "test_spawn.py::test_locked[[]spawn]" --ipc-seed={seed}',
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"UnexpectedOutcome: outcome 100 of all 2 runs is not the expected 99 (start method spawn, seed {seed}, *",
+            "  total   runs",
+            "    100      2",
+            f'rerun: pytest -p pytest_ipc "test_spawn.py::test_locked[[]spawn]" --ipc-seed={seed}',
+        ]
+    )
     assert report_line(result, "test_spawn.py::test_locked[spawn]").groups() == ("2", "1", "UNEXPECTED")
 
 
@@ -436,15 +471,21 @@ def test_rerun_line_replays_the_seeds(pytester: pytest.Pytester) -> None:
 def test_xdist_controller_reports_once(pytester: pytest.Pytester) -> None:
     """Under -n 2 the controller prints the race report once and writes the JSON; workers share its seed."""
     pytester.makepyfile(test_counter=COUNTER_10, test_recorded=RECORDED.replace("def test_plain", "def _plain"))
-    result = run(pytester, "-n", "2", "-v", "--ipc-report=report.json", "-k", "not broken and not wrong and not unhashable")
+    result = run(
+        pytester, "-n", "2", "-v", "--ipc-report=report.json", "-k", "not broken and not wrong and not unhashable"
+    )
     result.assert_outcomes(passed=2, failed=2)
     seed = session_seed(result)
     out = result.stdout.str()
     assert out.count("ipc race report") == 1
     assert {"[gw0]", "[gw1]"} <= set(re.findall(r"\[gw\d\]", out))
     result.stdout.fnmatch_lines([f"RaceDetected: totals differ across 10 runs (start method fork, seed {seed}, *"])
-    for nodeid, verdict in [("test_counter.py::test_counter", "RACE"), ("test_counter.py::test_locked", "passed"),
-                            ("test_recorded.py::test_flip", "RACE"), ("test_recorded.py::test_steady", "passed")]:
+    for nodeid, verdict in [
+        ("test_counter.py::test_counter", "RACE"),
+        ("test_counter.py::test_locked", "passed"),
+        ("test_recorded.py::test_flip", "RACE"),
+        ("test_recorded.py::test_steady", "passed"),
+    ]:
         assert report_line(result, nodeid).group(3) == verdict
     result.stdout.fnmatch_lines(["test_counter.py::test_locked *", "    total   runs", "      450     10"])
     report = load_report(pytester)
@@ -472,8 +513,7 @@ def test_last_failed_reruns_only_the_failed_race_test(pytester: pytest.Pytester)
     run(pytester, "-k", "steady or flip").assert_outcomes(passed=1, failed=1, deselected=4)
     result = run(pytester, "--lf", "-v")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*",
-                                 "test_recorded.py::test_flip FAILED*"])
+    result.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*", "test_recorded.py::test_flip FAILED*"])
     assert report_line(result, "test_recorded.py::test_flip").groups() == ("4", "2", "RACE")
     result.stdout.no_fnmatch_line("*test_steady*")
 

@@ -29,14 +29,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="reads /proc and /dev/shm"
-)
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and /dev/shm")
 
 # Worker targets and the inner sessions' checks, in a module that does not
 # import pytest, so that spawn workers start fast.
@@ -157,7 +155,7 @@ def crash():
     ctypes.string_at(0)
 '''
 
-CONFTEST = '''
+CONFTEST = """
 import multiprocessing
 import os
 
@@ -165,7 +163,7 @@ os.umask(0)
 # A private prefix for the named semaphores of this session, so that its
 # entries in /dev/shm can be told apart from other processes'.
 multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-'''
+"""
 
 # The longest AF_UNIX socket path the plugin puts under basetemp (sun_path
 # holds 104 bytes on macOS and the BSDs, 108 on Linux, NUL included), and
@@ -284,11 +282,13 @@ def test_no_socket_path_short_enough_is_a_clear_error(
     pytester.makepyfile("def test_manager(ipc_manager): pass")
     result, _ = session("--ipc-start-method=fork", f"--basetemp={deep / 'basetemp'}")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([
-        "*ipc_manager: no AF_UNIX socket path is short enough: '*/basetemp/ipc-manager-*/sock' (under pytest's"
-        " basetemp) and '*/pymp-*/listener-*' (multiprocessing's temporary directory, from TMPDIR) are both"
-        " longer than the 103 bytes a socket path may have; set TMPDIR to a shorter directory",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ipc_manager: no AF_UNIX socket path is short enough: '*/basetemp/ipc-manager-*/sock' (under pytest's"
+            " basetemp) and '*/pymp-*/listener-*' (multiprocessing's temporary directory, from TMPDIR) are both"
+            " longer than the 103 bytes a socket path may have; set TMPDIR to a shorter directory",
+        ]
+    )
     assert not list((deep / "basetemp").glob("ipc-manager-*"))
 
 
@@ -551,7 +551,10 @@ def short_tmpdir() -> Iterator[Path]:
 
 @pytest.mark.parametrize("tmpdir_depth", ["short", "deep"])
 def test_a_session_writes_nothing_outside_the_given_paths(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, short_tmpdir: Path,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    short_tmpdir: Path,
     tmpdir_depth: str,
 ) -> None:
     """A session using every fixture, a race test, a crashing worker and --ipc-report writes only where allowed.
@@ -597,7 +600,8 @@ def test_a_session_writes_nothing_outside_the_given_paths(
     started = time.monotonic()
     proc = pytester.popen(
         [sys.executable, "-m", "pytest", "-p", "pytest_ipc", "--ipc-start-method=all", f"--ipc-report={report}"],
-        stdin=subprocess.DEVNULL, text=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=180)
@@ -619,8 +623,9 @@ def test_a_session_writes_nothing_outside_the_given_paths(
     during = _facts(facts)
     assert sorted(f["method"] for f in during) == ["fork", "forkserver", "spawn"]
     # multiprocessing's pymp-* directories may exist while the session runs.
-    pymp = [Path(p) for f in during for p in f["paths"]
-            if Path(p).parent == tmpdir and Path(p).name.startswith("pymp-")]
+    pymp = [
+        Path(p) for f in during for p in f["paths"] if Path(p).parent == tmpdir and Path(p).name.startswith("pymp-")
+    ]
     for fact in during:
         assert [p for p in fact["paths"] if p not in before and not _under(p, *allowed, *pymp)] == []
         sockets = [p for p in fact["paths"] if os.path.basename(os.path.dirname(p)).startswith("ipc-manager-")]

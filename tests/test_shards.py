@@ -89,8 +89,9 @@ def load_report(pytester: pytest.Pytester, name: str) -> dict[str, Any]:
 def report_line(result: pytest.RunResult, nodeid: str) -> tuple[int, str, int]:
     """The merged ``ipc race report`` line of ``nodeid``: runs, verdict, shards; exactly one."""
     section = result.stdout.str().split("ipc race report", 1)[1]
-    found = re.findall(rf"^{re.escape(nodeid)}\s+(\d+) runs\s+\d+ outcomes?\s+(\S+)\s+[\d.]+s  (\d+) shards$",
-                       section, re.MULTILINE)
+    found = re.findall(
+        rf"^{re.escape(nodeid)}\s+(\d+) runs\s+\d+ outcomes?\s+(\S+)\s+[\d.]+s  (\d+) shards$", section, re.MULTILINE
+    )
     assert len(found) == 1, section
     runs, verdict, shards = found[0]
     return int(runs), verdict, int(shards)
@@ -101,8 +102,8 @@ def failure_section(result: pytest.RunResult, test: str) -> str:
     text = result.stdout.str()
     start = re.search(rf"^_+ {re.escape(test)} _+$", text, re.MULTILINE)
     assert start, text
-    end = re.search(r"^(_+ \S+ _+|=+ .* =+)$", text[start.end():], re.MULTILINE)
-    return text[start.end(): start.end() + end.start() if end else None]
+    end = re.search(r"^(_+ \S+ _+|=+ .* =+)$", text[start.end() :], re.MULTILINE)
+    return text[start.end() : start.end() + end.start() if end else None]
 
 
 def test_shards_split_the_runs_and_keep_their_seeds(pytester: pytest.Pytester) -> None:
@@ -135,15 +136,17 @@ def test_race_no_shard_sees_fails_the_session(pytester: pytest.Pytester) -> None
     result.assert_outcomes(passed=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     seed = int(SEED_RE.search(result.stdout.str()).group(1))  # type: ignore[union-attr]
-    result.stdout.fnmatch_lines([
-        "test_rec.py::test_recorded: every shard passed, but together they disagree",
-        f"RaceDetected: outcomes differ across 10 runs of 2 shards (start method fork, seed {seed}, jitter low)",
-        "  outcome   runs",
-        "        0      5",
-        "        1      5",
-        f'rerun: pytest -p pytest_ipc "test_rec.py::test_recorded" --ipc-seed={seed} *',
-        "*2 passed, 1 raced across shards in *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "test_rec.py::test_recorded: every shard passed, but together they disagree",
+            f"RaceDetected: outcomes differ across 10 runs of 2 shards (start method fork, seed {seed}, jitter low)",
+            "  outcome   runs",
+            "        0      5",
+            "        1      5",
+            f'rerun: pytest -p pytest_ipc "test_rec.py::test_recorded" --ipc-seed={seed} *',
+            "*2 passed, 1 raced across shards in *",
+        ]
+    )
     assert report_line(result, "test_rec.py::test_recorded") == (10, "RACE", 2)
     report = load_report(pytester, "report.json")
     assert report[""]["exitstatus"] == 1
@@ -154,11 +157,13 @@ def test_race_no_shard_sees_fails_the_session(pytester: pytest.Pytester) -> None
     assert not any(arg.startswith("--ipc-shards") for arg in argv)
     again = pytester.runpytest_subprocess(*argv[1:], timeout=60)
     again.assert_outcomes(failed=1)
-    again.stdout.fnmatch_lines([
-        f"RaceDetected: outcomes differ across 10 runs (start method fork, seed {seed}, jitter low)",
-        "        0      5",
-        "        1      5",
-    ])
+    again.stdout.fnmatch_lines(
+        [
+            f"RaceDetected: outcomes differ across 10 runs (start method fork, seed {seed}, jitter low)",
+            "        0      5",
+            "        1      5",
+        ]
+    )
 
 
 def test_race_inside_a_shard_fails_that_shard(pytester: pytest.Pytester) -> None:
@@ -167,10 +172,12 @@ def test_race_inside_a_shard_fails_that_shard(pytester: pytest.Pytester) -> None
     recorded(pytester, runs=6, outcome="run.index == 2")
     result = run(pytester, "--ipc-shards=2", "-v")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "test_rec.py::test_recorded[[]shard1of2[]] FAILED*",
-        "test_rec.py::test_recorded[[]shard2of2[]] PASSED*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "test_rec.py::test_recorded[[]shard1of2[]] FAILED*",
+            "test_rec.py::test_recorded[[]shard2of2[]] PASSED*",
+        ]
+    )
     section = failure_section(result, "test_recorded[shard1of2]")
     assert "RaceDetected: outcomes differ across 3 runs" in section
     assert report_line(result, "test_rec.py::test_recorded") == (6, "RACE", 2)
@@ -200,8 +207,12 @@ def test_xdist_spreads_shards_and_the_controller_merges(pytester: pytest.Pyteste
     result.stdout.fnmatch_lines(["test_counter.py::test_split: every shard passed, but together they disagree"])
 
     report = load_report(pytester, "report.json")
-    assert sorted(report) == ["", "test_counter.py::test_counter", "test_counter.py::test_locked",
-                              "test_counter.py::test_split"]
+    assert sorted(report) == [
+        "",
+        "test_counter.py::test_counter",
+        "test_counter.py::test_locked",
+        "test_counter.py::test_split",
+    ]
     assert report[""]["exitstatus"] == 1
     assert report["test_counter.py::test_locked"]["histogram"] == [["450", 8]]
     assert report["test_counter.py::test_split"]["histogram"] == [["0", 4], ["1", 4]]
@@ -244,7 +255,7 @@ def test_one_outcome_prints_alike_in_every_shard(pytester: pytest.Pytester, monk
     result = run(pytester, "-n", "2", "--ipc-shards=4", "--ipc-report=report.json")
     result.assert_outcomes(passed=4)
     assert report_line(result, "test_sets.py::test_set") == (8, "passed", 4)
-    (label, runs), = load_report(pytester, "report.json")["test_sets.py::test_set"]["histogram"]
+    ((label, runs),) = load_report(pytester, "report.json")["test_sets.py::test_set"]["histogram"]
     assert runs == 8
     assert label.startswith("(frozenset({'a', 'b', 'c', 'd', ")
     assert label.endswith("'t'})))")  # Box(items=frozenset({'k', ..., 't'})), the hidden field not shown

@@ -22,13 +22,13 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
-
 from leftovers import gone, kill, processes_marked, wait_until
 
 from pytest_ipc.race.shards import shard_of_nodeid
@@ -65,7 +65,7 @@ def count_then_wait(counter, up, down, keep):
 # A private semaphore prefix (see tests/test_launcher.py), and the file
 # descriptors of the controller (the process without ``workerinput``) at the
 # start and at the end of the session.
-CONFTEST = '''
+CONFTEST = """
 import json
 import multiprocessing
 import os
@@ -94,12 +94,12 @@ def pytest_sessionfinish(session):
         new = {fd: target for fd, target in now.items() if session.config.ipc_test_fds.get(fd) != target}
         with open(os.environ["IPC_TEST_FDFILE"], "w") as f:
             json.dump(new, f)
-'''
+"""
 
 # Shard 1 of 2 runs the runs 0 and 2 and dies in run 2, its second, after
 # run 0 completed; shard 2 runs 1 and 3.  Each run starts two workers that
 # add 1 under the lock: every completed run totals 2.
-CAMPAIGN = '''
+CAMPAIGN = """
 import ctypes
 import os
 import resource
@@ -145,7 +145,7 @@ def test_campaign(ipc_workers, ipc_context, shared_value, request):
     for down in downs:
         down.send("go")
     ipc_workers.join()
-'''
+"""
 
 
 @dataclass
@@ -197,13 +197,21 @@ def campaign(
     pytester.makeconftest(CONFTEST)
 
     def run(method: str, how: str, crash_runs: tuple[int, ...] = (2,)) -> Outcome:
-        pytester.makepyfile(
-            test_campaign=CAMPAIGN.format(crash_runs=crash_runs, timeout=TIMEOUT, how=how)
-        )
+        pytester.makepyfile(test_campaign=CAMPAIGN.format(crash_runs=crash_runs, timeout=TIMEOUT, how=how))
         result = pytester.runpytest_subprocess(
-            "-p", "pytest_ipc", "-p", "xdist.plugin", "-p", "no:cacheprovider", "-n", "2",
-            "--ipc-shards=2", f"--ipc-start-method={method}", "--ipc-report=report.json",
-            f"--basetemp={tmp_path / 'basetemp'}", timeout=60,
+            "-p",
+            "pytest_ipc",
+            "-p",
+            "xdist.plugin",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "2",
+            "--ipc-shards=2",
+            f"--ipc-start-method={method}",
+            "--ipc-report=report.json",
+            f"--basetemp={tmp_path / 'basetemp'}",
+            timeout=60,
         )
         ended = time.time()
         pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
@@ -253,10 +261,12 @@ def test_crashed_shard_is_reported_missing_and_leaves_nothing(
     line = r"^test_campaign\.py::test_campaign\s+(\d+) runs\s+(\d+) outcomes?\s+(\S+)\s+[\d.]+s  (\d+) shards$"
     lines = re.findall(line, section, re.MULTILINE)
     assert lines == [("2", "1", "INCOMPLETE", "1")], section
-    result.stdout.fnmatch_lines([
-        "test_campaign.py::test_campaign *INCOMPLETE*",
-        f"  shard 1 of 2 sent no result: worker 'gw*' crashed while running '{glob_escape(crashed)}'",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "test_campaign.py::test_campaign *INCOMPLETE*",
+            f"  shard 1 of 2 sent no result: worker 'gw*' crashed while running '{glob_escape(crashed)}'",
+        ]
+    )
 
     entry = out.entry("test_campaign.py::test_campaign")
     assert out.report["exitstatus"] == 1
@@ -285,9 +295,11 @@ def test_every_shard_crashing_still_gives_an_entry(campaign: Callable[..., Outco
     out = campaign("fork", "sigkill", crash_runs=(0, 1))
     out.result.assert_outcomes(failed=2)
     assert out.result.ret == pytest.ExitCode.TESTS_FAILED
-    out.result.stdout.fnmatch_lines([
-        "test_campaign.py::test_campaign       0 runs     0 outcomes  INCOMPLETE  0.00s  0 shards",
-    ])
+    out.result.stdout.fnmatch_lines(
+        [
+            "test_campaign.py::test_campaign       0 runs     0 outcomes  INCOMPLETE  0.00s  0 shards",
+        ]
+    )
     entry = out.entry("test_campaign.py::test_campaign")
     assert (entry["verdict"], entry["outcome"], entry["runs"], entry["shards"]) == ("incomplete", "failed", 0, 0)
     assert entry["histogram"] == []
@@ -325,26 +337,32 @@ def test_shard_that_cannot_set_up_is_reported_missing(pytester: pytest.Pytester)
     )
     result.assert_outcomes(passed=4, errors=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines([
-        "*ipc race report*",
-        "test_setup.py::test_steady       6 runs     1 outcome   INCOMPLETE  *s  2 shards",
-        "  shard 3 of 3 sent no result: error in setup: RuntimeError: no database in shard 3",
-        "test_setup.py::test_split        6 runs     2 outcomes  RACE        *s  2 shards",
-        "  shard 3 of 3 sent no result: error in setup: RuntimeError: no database in shard 3",
-        "seed *",
-        "",
-        "test_setup.py::test_split: the shards that reported passed, but together they disagree",
-        "RaceDetected: outcomes differ across 6 runs of 2 shards *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ipc race report*",
+            "test_setup.py::test_steady       6 runs     1 outcome   INCOMPLETE  *s  2 shards",
+            "  shard 3 of 3 sent no result: error in setup: RuntimeError: no database in shard 3",
+            "test_setup.py::test_split        6 runs     2 outcomes  RACE        *s  2 shards",
+            "  shard 3 of 3 sent no result: error in setup: RuntimeError: no database in shard 3",
+            "seed *",
+            "",
+            "test_setup.py::test_split: the shards that reported passed, but together they disagree",
+            "RaceDetected: outcomes differ across 6 runs of 2 shards *",
+        ]
+    )
     tests = {t["nodeid"]: t for t in json.loads((pytester.path / "report.json").read_text())["tests"]}
     steady, split = tests["test_setup.py::test_steady"], tests["test_setup.py::test_split"]
     assert (steady["verdict"], steady["outcome"], steady["histogram"]) == ("incomplete", "failed", [["'same'", 6]])
     assert (split["verdict"], split["outcome"], split["histogram"]) == ("race", "failed", [["0", 3], ["1", 3]])
     for entry in (steady, split):
-        assert entry["missing_shards"] == [{
-            "shard": 3, "of": 3, "nodeid": entry["nodeid"] + "[shard3of3]",
-            "reason": "error in setup: RuntimeError: no database in shard 3",
-        }]
+        assert entry["missing_shards"] == [
+            {
+                "shard": 3,
+                "of": 3,
+                "nodeid": entry["nodeid"] + "[shard3of3]",
+                "reason": "error in setup: RuntimeError: no database in shard 3",
+            }
+        ]
 
 
 def test_complete_campaign_has_no_missing_shards(pytester: pytest.Pytester) -> None:

@@ -65,4 +65,4 @@ def test_manager_shutdown_ends_its_process(ipc_context: Any) -> None:
     manager.shutdown()
     assert_gone(server)
     with pytest.raises((EOFError, ConnectionError, OSError)):
-        counter.value
+        _ = counter.value

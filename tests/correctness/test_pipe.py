@@ -149,7 +149,7 @@ def _two_writers(pipe_pair: Any, ipc_workers: Any, lock: Any) -> int:
 @pytest.mark.parametrize("pipe_pair", [False], indirect=True)
 def test_two_writers_on_one_end_tear_messages(pipe_pair: Any, ipc_workers: Any) -> None:
     """Two workers sending 64 KiB messages on one end without a lock interleave their bytes."""
-    for attempt in range(1, ATTEMPTS + 1):
+    for _attempt in range(1, ATTEMPTS + 1):
         intact = _two_writers(pipe_pair, ipc_workers, lock=None)
         if intact < 2 * MESSAGES:
             break
@@ -158,8 +158,6 @@ def test_two_writers_on_one_end_tear_messages(pipe_pair: Any, ipc_workers: Any) 
 
 @ALL
 @pytest.mark.parametrize("pipe_pair", [False], indirect=True)
-def test_two_writers_with_a_lock_keep_messages_whole(
-    pipe_pair: Any, ipc_workers: Any, ipc_context: Any
-) -> None:
+def test_two_writers_with_a_lock_keep_messages_whole(pipe_pair: Any, ipc_workers: Any, ipc_context: Any) -> None:
     """The same two writers, each send under one shared Lock: every message arrives whole."""
     assert _two_writers(pipe_pair, ipc_workers, lock=ipc_context.Lock()) == 2 * MESSAGES

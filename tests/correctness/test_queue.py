@@ -25,9 +25,7 @@ def test_document_fan_in_totals_five_million(fanin_queue: Any, ipc_workers: Any)
 
 @ALL
 @pytest.mark.ipc_race(runs=3, expect=3 * 200)
-def test_fan_in_with_one_sentinel_each_totals_exactly(
-    fanin_queue: Any, ipc_workers: Any, ipc_outcome: Any
-) -> None:
+def test_fan_in_with_one_sentinel_each_totals_exactly(fanin_queue: Any, ipc_workers: Any, ipc_outcome: Any) -> None:
     """Collecting until every producer's sentinel arrived gets every item, in every run."""
     ipc_workers.start(targets.queue_worker, args=(0, 200, fanin_queue), count=3)
     items = fanin_queue.collect(producers=3, sentinel="exit")
@@ -46,9 +44,7 @@ def test_fan_in_with_one_sentinel_each_totals_exactly(
 @ALL
 @pytest.mark.xfail(strict=True, raises=pytest_ipc.RaceDetected, reason="empty() is not 'all producers are done'")
 @pytest.mark.ipc_race(runs=25, jitter="high")
-def test_consumer_stopping_at_empty_loses_items(
-    fanin_queue: Any, ipc_workers: Any, ipc_outcome: Any
-) -> None:
+def test_consumer_stopping_at_empty_loses_items(fanin_queue: Any, ipc_workers: Any, ipc_outcome: Any) -> None:
     """Draining until empty() while producers still put: the count received varies."""
     ipc_workers.start(targets.put_numbers, args=(fanin_queue, 500), count=2)
     received = [fanin_queue.get(timeout=30)]

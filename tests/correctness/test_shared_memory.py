@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from multiprocessing import shared_memory
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,9 +36,7 @@ def segment() -> Iterator[shared_memory.SharedMemory]:
 
 
 @ALL
-def test_child_attaches_by_name_and_reads_and_writes(
-    segment: shared_memory.SharedMemory, ipc_workers: Any
-) -> None:
+def test_child_attaches_by_name_and_reads_and_writes(segment: shared_memory.SharedMemory, ipc_workers: Any) -> None:
     """A worker attaches by name, sees what the parent wrote and writes what the parent then sees."""
     segment.buf[:5] = b"hello"
     ipc_workers.start(targets.shm_write, args=(segment.name, b"world", 5))
@@ -68,9 +67,7 @@ def test_unlink_removes_the_segment_from_dev_shm() -> None:
 @ALL
 @pytest.mark.xfail(strict=True, raises=pytest_ipc.RaceDetected, reason="a byte read-modify-write is not atomic")
 @pytest.mark.ipc_race(runs=8)
-def test_unlocked_byte_increment_races(
-    segment: shared_memory.SharedMemory, ipc_workers: Any, ipc_outcome: Any
-) -> None:
+def test_unlocked_byte_increment_races(segment: shared_memory.SharedMemory, ipc_workers: Any, ipc_outcome: Any) -> None:
     """Unlocked read-modify-write of one byte from two workers: the byte differs across runs."""
     ipc_workers.start(targets.shm_increment, args=(segment.name, 1000), count=2)
     ipc_workers.join()
@@ -108,9 +105,7 @@ shm.close()
 
 
 def _attach_from_another_program(name: str, mode: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", ATTACH, name, mode], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([sys.executable, "-c", ATTACH, name, mode], capture_output=True, text=True, timeout=60)
 
 
 def test_resource_tracker_of_an_unrelated_attacher_unlinks_the_segment() -> None:

@@ -13,6 +13,7 @@ from . import targets
 
 ALL = pytest.mark.ipc_start_methods("fork", "spawn", "forkserver")
 
+
 # The tutorial's program under fork (nine workers adding 50 each); spawn and
 # forkserver start two workers adding 500 each, which costs a tenth of the
 # process starts and overlaps them for longer.
@@ -32,9 +33,7 @@ COUNTER_RUNS = 16
 @ALL
 @pytest.mark.xfail(strict=True, raises=pytest_ipc.RaceDetected, reason="v.value += 1 is a read then a write")
 @pytest.mark.ipc_race(runs=COUNTER_RUNS)
-def test_unlocked_value_loses_updates(
-    shared_value: Any, ipc_workers: Any, ipc_start_method: str
-) -> None:
+def test_unlocked_value_loses_updates(shared_value: Any, ipc_workers: Any, ipc_start_method: str) -> None:
     """The tutorial's counter, as written: totals differ across runs."""
     count, n = counter_shape(ipc_start_method)
     ipc_workers.start(targets.add, args=(shared_value, n), count=count)
