@@ -41,7 +41,9 @@ def test_the_worker_side_imports_no_pytest_and_nothing_of_the_pytest_side() -> N
 
 def _documented_names() -> set[str]:
     """Every ``pytest_ipc.Name`` that README.md and docs/ mention (a capitalised name, or DONE)."""
-    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    assert len(docs) > 1, "docs/*.md not found"  # the walk must not pass by reading the README alone
+    texts = [ROOT / "README.md", *docs]
     names = set()
     for path in texts:
         names |= set(re.findall(r"\bpytest_ipc\.([A-Z][A-Za-z]*|DONE)\b", path.read_text()))
@@ -61,6 +63,16 @@ def test_every_documented_name_is_exported_importable_and_picklable() -> None:
             assert obj.__module__ == "pytest_ipc"
             copy = pickle.loads(pickle.dumps(obj("message")))
             assert type(copy) is obj and str(copy) == "message"
+
+
+def test_the_readme_stays_short_and_gives_the_ci_test_command() -> None:
+    """README.md is what a newcomer reads first: well under 200 lines, with the command .ci/run runs."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    command = ci[ci.index(next(line for line in ci if "the README's test command" in line and "---" in line)) + 1]
+    assert command.startswith("python3 -m venv .venv")
+    assert command in readme
 
 
 LEAKY = """
