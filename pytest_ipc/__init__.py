@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # look the name up among entry points), this brings in the real plugin module.
 pytest_plugins = ["pytest_ipc.plugin"]
 
-# Every name the documentation calls pytest_ipc.X (tests/test_public_api.py
+# Every name the documentation calls pytest_ipc.X (tests/test_layout.py
 # walks the docs and checks each is here, importable and picklable).
 _EXPORTS = {
     "LeakError": "pytest_ipc.errors",

@@ -127,9 +127,9 @@ def _parametrize_shards(metafunc: pytest.Metafunc) -> None:
     plan = race_plan(metafunc.definition)  # checked by _validate_marks: a bad marker never gets here
     if plan is None:
         return
-    from pytest_ipc.race.shards import SHARD_ARG, shard_params
+    from pytest_ipc.race.shards import SHARD_ARG, job_runs, shard_params
 
-    params = shard_params(shards, plan.runs)
+    params = shard_params(shards, len(job_runs(plan.runs, settings(metafunc.config).job_shard)))
     if params:
         # A hidden argument, as pytest-repeat does: the test function does not take it.
         metafunc.fixturenames.append(SHARD_ARG)

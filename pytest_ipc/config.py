@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -51,6 +52,8 @@ class Settings(NamedTuple):
     report_path: str | None
     shards: int = DEFAULT_SHARDS  # items each ipc_race test's runs are split into (for pytest-xdist)
     leak_check: str = "fail"  # off, warn or fail: what a leak found after a test does (leaks.py)
+    all_runs: bool = False  # make every run of a racing ipc_race test, not stop once the race is proven
+    job_shard: tuple[int, int] | None = None  # (i, k): this CI job makes runs i-1, i-1+k, ... of every test
 
 
 settings_key = pytest.StashKey[Settings]()
@@ -162,6 +165,34 @@ def leak_check(value: Any, where: str) -> str:
     return text
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def boolean(value: Any, where: str) -> bool:
+    """``true``/``false`` (also yes/no, on/off, 1/0, or a TOML boolean)."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise SettingError(f"{where}: expected true or false, got {safe_repr(value)}")
+
+
+def job_shard(value: Any, where: str) -> tuple[int, int]:
+    """``I/K``: this job's share, I of K jobs (1 <= I <= K)."""
+    found = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*", str(value))
+    if found:
+        index, count = int(found.group(1)), int(found.group(2))
+        if 1 <= index <= count:
+            return index, count
+    raise SettingError(
+        f"{where}: expected I/K, this job's share I of K jobs with 1 <= I <= K (e.g. 2/4), got {safe_repr(value)}"
+    )
+
+
 def jitter(value: Any, where: str) -> float:
     """``off``/``low``/``high`` or a probability in [0, 1]."""
     raw = value
@@ -198,6 +229,8 @@ OPTION_DESTS = (
     "ipc_report",
     "ipc_shards",
     "ipc_leak_check",
+    "ipc_all_runs",
+    "ipc_job_shard",
 )
 
 
@@ -252,6 +285,8 @@ def from_config(config: pytest.Config) -> Settings:
                 DEFAULT_SHARDS,
             ),
             leak_check=_read(config, "--ipc-leak-check", "ipc_leak_check", leak_check, "fail"),
+            all_runs=_read(config, "--ipc-all-runs", "ipc_all_runs", boolean, False),
+            job_shard=_read(config, "--ipc-job-shard", "ipc_job_shard", job_shard, None),
         )
     except SettingError as exc:
         raise pytest.UsageError(f"pytest-ipc: {exc}") from None
@@ -268,6 +303,7 @@ class RaceSpec(NamedTuple):
     expect: Any
     jitter: float | None
     has_expect: bool
+    all_runs: bool | None
 
 
 class RacePlan(NamedTuple):
@@ -279,6 +315,7 @@ class RacePlan(NamedTuple):
     expect: Any
     has_expect: bool
     runs_from_marker: bool  # the marker set runs=: then the session's budget does not apply
+    all_runs: bool  # every run, even once a race is proven (else `runs` is the most it makes)
 
 
 plan_key = pytest.StashKey[RacePlan]()
@@ -305,6 +342,7 @@ def race_plan(node: pytest.Item) -> RacePlan | None:
         expect=spec.expect,
         has_expect=spec.has_expect,
         runs_from_marker=spec.runs is not None,
+        all_runs=cfg.all_runs if spec.all_runs is None else spec.all_runs,
     )
     node.stash[plan_key] = plan
     return plan
@@ -313,7 +351,9 @@ def race_plan(node: pytest.Item) -> RacePlan | None:
 _NO_EXPECT = object()
 
 
-def _race_signature(runs: Any = None, budget: Any = None, expect: Any = _NO_EXPECT, jitter: Any = None) -> None:
+def _race_signature(
+    runs: Any = None, budget: Any = None, expect: Any = _NO_EXPECT, jitter: Any = None, all_runs: Any = None
+) -> None:
     """The signature of ``@pytest.mark.ipc_race``."""
 
 
@@ -352,7 +392,17 @@ def race_spec(mark: pytest.Mark, nodeid: str) -> RaceSpec:
                     f"{where}: expect must be a hashable value or a list/set of them, "
                     f"got {safe_repr(expect)}: {safe_repr(choice)} {problem}"
                 )
-    return RaceSpec(runs=runs, budget=budget, expect=expect if has_expect else None, jitter=jit, has_expect=has_expect)
+    all_runs = args["all_runs"]
+    if all_runs is not None and not isinstance(all_runs, bool):
+        raise SettingError(f"{where}: all_runs must be True or False, got {safe_repr(all_runs)}")
+    return RaceSpec(
+        runs=runs,
+        budget=budget,
+        expect=expect if has_expect else None,
+        jitter=jit,
+        has_expect=has_expect,
+        all_runs=all_runs,
+    )
 
 
 def _unhashable(value: Any) -> str:

@@ -42,8 +42,9 @@ MARKERS = (
     "ipc_start_methods(*methods): run the test under each of the named start methods "
     "(fork, spawn, forkserver, or all); ids [fork], [spawn], [forkserver].",
     "ipc_timeout(seconds): the timeout of every blocking call of the test's IPC fixtures.",
-    "ipc_race(runs=None, budget=None, expect=None, jitter=None): run the test many times with fresh "
-    "fixtures and fail when the runs disagree (pytest_ipc.RaceDetected).",
+    "ipc_race(runs=None, budget=None, expect=None, jitter=None, all_runs=None): run the test up to `runs` "
+    "times with fresh fixtures and fail when the runs disagree (pytest_ipc.RaceDetected); all_runs=True "
+    "makes every run even once a race is proven.",
 )
 
 
@@ -72,6 +73,7 @@ def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -
 # as str comes first), and the config module checks either.  Before 9.2 only
 # one type can be declared, and it stays text: write `ipc_runs = "200"` there.
 NUMBER_OR_TEXT: Any = (str | int | float) if pytest.version_tuple >= (9, 2) else None
+BOOL_OR_TEXT: Any = (str | bool) if pytest.version_tuple >= (9, 2) else None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -143,6 +145,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="what a process, SharedMemory segment, Pipe or Manager that a pytest-ipc test "
         "leaves behind does: fail the test, warn, or off (default fail).",
     )
+    group.addoption(
+        "--ipc-all-runs",
+        dest="ipc_all_runs",
+        action="store_const",
+        const=True,
+        default=None,
+        help="make every run of an ipc_race test, also once a race is proven (by default a racing "
+        "test stops a few runs after the proof, and runs is the most it makes).",
+    )
     parser.addini("ipc_start_method", "default start method of the IPC fixtures", default="")
     parser.addini("ipc_timeout", "default timeout in seconds of the IPC fixtures", NUMBER_OR_TEXT, default="")
     parser.addini("ipc_runs", "default number of runs of an ipc_race test", NUMBER_OR_TEXT, default="")
@@ -152,6 +163,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("ipc_leak_check", "leak check after pytest-ipc tests: off, warn or fail", default="")
     parser.addini(
         "ipc_shards", "number of test items each ipc_race test's runs are split into", NUMBER_OR_TEXT, default=""
+    )
+    group.addoption(
+        "--ipc-job-shard",
+        dest="ipc_job_shard",
+        metavar="I/K",
+        default=None,
+        help="this CI job's share of every ipc_race test's runs: I of K jobs (runs I-1, I-1+K, ...); "
+        "python -m pytest_ipc.merge merges the jobs' --ipc-report files into one verdict.",
+    )
+    parser.addini(
+        "ipc_job_shard", "this job's share I/K of every ipc_race test's runs (usually set per job)", default=""
+    )
+    parser.addini(
+        "ipc_all_runs",
+        "every run of an ipc_race test, also once a race is proven: true or false",
+        BOOL_OR_TEXT,
+        default="",
     )
 
 
@@ -223,6 +251,8 @@ def _header(config: pytest.Config) -> str:
     cfg = config_mod.settings(config)
     method = cfg.start_method or f"{platform_default_start_method()} (platform default)"
     shards = f", shards {cfg.shards}" if cfg.shards > 1 else ""
+    if cfg.job_shard is not None:
+        shards += f", job shard {cfg.job_shard[0]}/{cfg.job_shard[1]}"
     return (
         f"pytest-ipc: seed {cfg.seed}, start method {method}, timeout {cfg.timeout:g}s, "
         f"runs {cfg.runs}, jitter {cfg.jitter:g}{shards}"

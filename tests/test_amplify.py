@@ -986,7 +986,7 @@ def test_shared_memory_byte_race_is_caught(pytester: pytest.Pytester, method: st
     _write_json_test(pytester, SHM_RACE_TEST.format(runs=SHM_RUNS))
     result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=120)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*RaceDetected: outcomes differ across {SHM_RUNS} runs (start method {method}*"])
+    result.stdout.fnmatch_lines([f"*RaceDetected: outcomes differ across * runs (start method {method}*"])
 
 
 # -- where the points reach ---------------------------------------------------------
@@ -1202,7 +1202,7 @@ def test_race_in_the_tutorials_main_is_caught(pytester: pytest.Pytester, method:
     pytester.makepyfile(TUTORIAL_TEST.format(method=method))
     result = pytester.runpytest_subprocess(timeout=120)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*RaceDetected: outcomes differ across 3 runs (start method {method}, *jitter low)*"])
+    result.stdout.fnmatch_lines([f"*RaceDetected: outcomes differ across * runs (start method {method}, *jitter low)*"])
 
 
 RACY_TEST = """
@@ -1231,7 +1231,7 @@ def test_unlocked_counter_is_caught_in_a_few_runs(pytester: pytest.Pytester, met
     result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=120)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        [f"*RaceDetected: totals differ across {RACY_RUNS} runs (start method {method}, seed *, jitter low)*"]
+        [f"*RaceDetected: totals differ across * runs (start method {method}, seed *, jitter low)*"]
     )
 
 
@@ -1241,13 +1241,13 @@ def test_failure_names_the_amplification_and_the_rerun_reproduces_it(pytester: p
     pytester.makepyfile(RACY_TEST.format(runs=RACY_RUNS))
     result = pytester.runpytest_subprocess("--ipc-start-method=fork", "--ipc-seed=4242", timeout=60)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*totals differ across 3 runs (start method fork, seed 4242, jitter low)*"])
+    result.stdout.fnmatch_lines(["*totals differ across * runs (start method fork, seed 4242, jitter low)*"])
     rerun = next(line for line in result.outlines if line.startswith("rerun: pytest "))
     argv = shlex.split(rerun[len("rerun: pytest ") :])
     assert "--ipc-seed=4242" in argv
     again = pytester.runpytest_subprocess(*argv, timeout=60)
     again.assert_outcomes(failed=1)
-    again.stdout.fnmatch_lines(["*totals differ across 3 runs (start method fork, seed 4242, jitter low)*"])
+    again.stdout.fnmatch_lines(["*totals differ across * runs (start method fork, seed 4242, jitter low)*"])
 
 
 def test_failure_names_a_marker_jitter_level(pytester: pytest.Pytester) -> None:
@@ -1256,7 +1256,7 @@ def test_failure_names_a_marker_jitter_level(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(RACY_TEST.format(runs=f'{RACY_RUNS}, jitter="high"'))
     result = pytester.runpytest_subprocess("--ipc-start-method=fork", "--ipc-seed=7", timeout=60)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*totals differ across 3 runs (start method fork, seed 7, jitter high)*"])
+    result.stdout.fnmatch_lines(["*totals differ across * runs (start method fork, seed 7, jitter high)*"])
     rerun = next(line for line in result.outlines if line.startswith("rerun: pytest "))
     assert re.search(r"--ipc-jitter=(high|0\.25)\b", rerun), rerun
 

@@ -207,7 +207,7 @@ def test_option_overrides_a_bad_ini_key(pytester: pytest.Pytester) -> None:
             "ipc_race(bogus=1)",
             "shared_value",
             "*@pytest.mark.ipc_race(bogus=1): got an unexpected keyword argument 'bogus'"
-            " (it takes: runs, budget, expect, jitter)",
+            " (it takes: runs, budget, expect, jitter, all_runs)",
         ),
     ],
 )

@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 # the classes patched by the first and patch nothing: importing it here keeps
 # one copy for every session.
 import pytest_ipc._worker.amplify  # noqa: F401
+from pytest_ipc.race.runner import HISTOGRAM_RUNS
 
 OK = pytest.ExitCode.OK
 TESTS_FAILED = pytest.ExitCode.TESTS_FAILED
@@ -506,7 +507,9 @@ def check_marker_error(text: str, result: pytest.RunResult, mark: str, bad: list
 _NO_EXPECT = object()
 
 
-def _race(runs: Any = None, budget: Any = None, expect: Any = _NO_EXPECT, jitter: Any = None) -> None:
+def _race(
+    runs: Any = None, budget: Any = None, expect: Any = _NO_EXPECT, jitter: Any = None, all_runs: Any = None
+) -> None:
     """The documented signature of @pytest.mark.ipc_race."""
 
 
@@ -561,6 +564,7 @@ GOOD_RACE_KEYWORDS = st.fixed_dictionaries(
         "budget": st.one_of(st.floats(1e-6, MAX_SECONDS), st.sampled_from(["0.5", 30, None])),
         "expect": st.sampled_from([OUTCOME, 7.0, "7", None, (7,), [6, 7], {7}, frozenset([8]), float("nan")]),
         "jitter": st.one_of(st.floats(0, 1), st.sampled_from(["off", " Low", "HIGH", "0.5", 1, 0, None])),
+        "all_runs": st.sampled_from([True, False, None]),
     },
 )
 RACE_CALLS = st.one_of(
@@ -569,7 +573,16 @@ RACE_CALLS = st.one_of(
         st.one_of(st.just([]), st.builds(lambda first, rest: [first, *rest], RUNS, st.lists(ANY_VALUE, max_size=4))),
         st.builds(
             lambda known, unknown: {**known, **unknown},
-            st.fixed_dictionaries({}, optional={"runs": RUNS, "budget": BUDGETS, "expect": EXPECTS, "jitter": JITTERS}),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "runs": RUNS,
+                    "budget": BUDGETS,
+                    "expect": EXPECTS,
+                    "jitter": JITTERS,
+                    "all_runs": st.one_of(st.booleans(), ANY_VALUE),
+                },
+            ),
             UNKNOWN_KEYWORDS,
         ),
     ),
@@ -602,6 +615,8 @@ def test_fuzzed_race_marker(pytester: pytest.Pytester, call: tuple[list[Any], di
         "budget": ref_seconds,
         "jitter": ref_jitter,
         "expect": lambda v: v if all(map(_hashable, v if isinstance(v, (list, set, frozenset)) else [v])) else INVALID,
+        # Only True, False or None: 0, 1 and "yes" are not taken for booleans in a marker.
+        "all_runs": lambda v: v if v is None or isinstance(v, bool) else INVALID,
     }
     parsed = (
         {}
@@ -619,7 +634,7 @@ def test_fuzzed_race_marker(pytester: pytest.Pytester, call: tuple[list[Any], di
     text = assert_no_crash(result)
     event("rejected" if bound is None or bad else "accepted")
     if bound is None or bad:
-        check_marker_error(text, result, "ipc_race", bad, "runs, budget, expect, jitter")
+        check_marker_error(text, result, "ipc_race", bad, "runs, budget, expect, jitter, all_runs")
         return
     expect = bound["expect"]
     passes = expect is _NO_EXPECT or _matches(expect)
@@ -629,7 +644,13 @@ def test_fuzzed_race_marker(pytester: pytest.Pytester, call: tuple[list[Any], di
     with open(pytester.path / "report.json") as f:
         (entry,) = json.load(f)["tests"]
     runs = parsed["runs"] or 20
-    if parsed["budget"] is None:
+    assert entry["max_runs"] == runs
+    if not passes and not parsed["all_runs"]:
+        # An outcome outside expect makes the verdict certain at run 0: at most
+        # the histogram's allowance follows (fewer if the budget ends first).
+        assert 1 <= entry["runs"] <= min(runs, 1 + HISTOGRAM_RUNS), entry
+        assert (entry["stopped_early"] is not None) == (entry["runs"] < runs), entry
+    elif parsed["budget"] is None:
         assert entry["runs"] == runs
     else:
         assert 1 <= entry["runs"] <= runs

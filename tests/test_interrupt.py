@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -55,7 +56,8 @@ import pytest
 import helpers
 
 
-@pytest.mark.ipc_race(runs=1000)
+# all_runs: the race shows at once, and the campaign must go on until the signal.
+@pytest.mark.ipc_race(runs=1000, all_runs=True)
 def test_counter(shared_value, ipc_workers):
     # One byte per run started: the outer test counts them.
     fd = os.open(os.environ["RUNS_FIFO"], os.O_WRONLY)
@@ -117,10 +119,15 @@ def test_signal_mid_campaign_stops_reports_and_cleans_up(
     )
     try:
         started = b""
+        deadline = time.monotonic() + 120
         while len(started) < RUNS_BEFORE_SIGNAL:
-            chunk = os.read(fd, RUNS_BEFORE_SIGNAL - len(started))
-            assert chunk, "the inner session ended before the campaign got going"
-            started += chunk
+            # Never a read that waits forever: the FIFO never reports end of file.
+            readable, _, _ = select.select([fd], [], [], 1.0)
+            if readable:
+                started += os.read(fd, RUNS_BEFORE_SIGNAL - len(started))
+                continue
+            assert proc.poll() is None, f"the inner session ended after {len(started)} runs:\n{proc.communicate()[0]}"
+            assert time.monotonic() < deadline, f"only {len(started)} runs started in 120 s"
         signalled = time.monotonic()
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=PROMPT + 30)

@@ -161,6 +161,11 @@ class RaceReporter:
                 f"{nodeid:<{width}}  {data['runs']:>6} runs  {data['distinct']:>4} {outcomes:<8}  "
                 f"{verdict:<10}  {data['duration']:.2f}s{shards}"
             )
+            if data.get("stopped_early"):
+                from pytest_ipc.race.verdict import stop_note
+
+                note = stop_note(data["runs"], data.get("max_runs", data["runs"]), str(data["stopped_early"]))
+                tr.write_line(f"  {note}")
             for gone in data.get("missing_shards", ()):
                 tr.write_line(f"  shard {gone['shard']} of {gone['of']} sent no result: {gone['reason']}", red=True)
             if verbose or data.get("interrupted"):

@@ -20,9 +20,17 @@ import pytest
 
 from pytest_ipc import _compat, stash
 from pytest_ipc.config import RacePlan, Settings, jitter_name, race_plan, safe_repr, settings
+from pytest_ipc.race.progress import Progress
 from pytest_ipc.race.schema import RaceEntry
-from pytest_ipc.race.shards import base_nodeid, shard_of
-from pytest_ipc.race.verdict import Kind, RaceResult, RunRecord, Verdict
+from pytest_ipc.race.shards import base_nodeid, job_runs, shard_of
+from pytest_ipc.race.verdict import Kind, Proof, RaceResult, RunRecord, Verdict
+
+# Once the verdict is certain (see verdict.Proof), at most this many more runs
+# start, for the histogram, and none later than this many seconds after the
+# proof: enough to show the spread of a race's outcomes, not enough to cost
+# the user seconds (a spawn run of nine workers takes about 0.3 s here).
+HISTOGRAM_RUNS = 3
+HISTOGRAM_SECONDS = 0.5
 
 
 @dataclass
@@ -39,9 +47,11 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     assert plan is not None  # only ipc_race items come here
     cfg = settings(item.config)
     shard = shard_of(item)
-    # A shard runs its share of the runs with the seeds they have unsharded.
+    # A shard, and a CI job's share, makes its runs with the seeds they have unsharded.
     seed_id = item.nodeid if shard is None else base_nodeid(item.nodeid, shard)
-    indices = range(plan.runs) if shard is None else shard.indices(plan.runs)
+    indices = job_runs(plan.runs, cfg.job_shard)
+    if shard is not None:
+        indices = shard.indices(indices)
 
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     race = RaceRun()
@@ -49,11 +59,18 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     records: list[RunRecord] = []
     started = time.monotonic()
     interrupted = False
+    proof = Proof(plan)
+    progress = Progress(item, len(indices))
+    proven_at: tuple[int, float] | None = None  # runs made, and the time, when the verdict became certain
     # The test's own record_property calls count for its last run only, not once per run.
     own_properties = list(item.user_properties)
     try:
         for position, index in enumerate(indices):
             if position and plan.budget is not None and time.monotonic() - started >= plan.budget:
+                break
+            if proven_at is not None and (
+                len(records) >= proven_at[0] + HISTOGRAM_RUNS or time.monotonic() - proven_at[1] >= HISTOGRAM_SECONDS
+            ):
                 break
             item.user_properties = list(own_properties)
             record = _run_once(item, race, plan, index, stash.derive_seed(cfg.seed, seed_id, index))
@@ -61,22 +78,28 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
             _forget_details(records)
             if position == 0 and _first_run_is_the_report(record):
                 break
+            if proof.add(record) is not None and proven_at is None and not plan.all_runs:
+                proven_at = (len(records), time.monotonic())
+            progress.update(len(records), proof.distinct, proof.reason is not None)
     except KeyboardInterrupt:
         interrupted = True
         # What the completed runs found, for the session's race report.
         if records:
-            result = _result(item, cfg, plan, records, time.monotonic() - started)
+            result = _result(item, cfg, plan, records, time.monotonic() - started, len(indices), None)
             entry = result.entry(result.verdict())
             entry["interrupted"] = True
             item.config.stash.setdefault(stash.interrupted_key, []).append(entry)
         raise
     finally:
+        progress.close()
         duration = time.monotonic() - started
         final_teardown = pytest.CallInfo.from_call(
             lambda: _compat.teardown_exact(item, None if interrupted else nextitem), when="teardown"
         )
         if not interrupted and records:
-            _log_verdict(item, race, _result(item, cfg, plan, records, duration), final_teardown)
+            stopped = proof.reason if proven_at is not None and len(records) < len(indices) else None
+            result = _result(item, cfg, plan, records, duration, len(indices), stopped)
+            _log_verdict(item, race, result, final_teardown)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         del item.stash[stash.race_key]
 
@@ -178,9 +201,17 @@ def start_method_of(item: pytest.Item) -> str:
 
 
 def rerun_line(
-    item: pytest.Item, cfg: Settings, plan: RacePlan, method: str | None, unsharded: str | None = None
+    item: pytest.Item,
+    cfg: Settings,
+    plan: RacePlan,
+    method: str | None,
+    unsharded: str | None = None,
+    every_job: bool = False,
 ) -> str:
-    """The command that replays ``item``; with ``unsharded``, that test id run as one item."""
+    """The command that replays ``item``; with ``unsharded``, that test id run as one item.
+
+    With ``every_job``, the runs of every CI job (--ipc-job-shard), not only this job's.
+    """
     shard = shard_of(item)
     option = item.config.getoption
     parts = ["pytest", f'"{unsharded or item.nodeid}"']
@@ -189,6 +220,8 @@ def rerun_line(
     parts.append(f"--ipc-seed={cfg.seed}")
     if shard is not None and unsharded is None:
         parts.append(f"--ipc-shards={cfg.shards}")  # the shard's id exists only with it
+    if cfg.job_shard is not None and not every_job:
+        parts.append(f"--ipc-job-shard={cfg.job_shard[0]}/{cfg.job_shard[1]}")  # this job's runs, not all
     if not plan.runs_from_marker:
         # Without them a rerun could stop before the run that failed.
         if option("ipc_runs") is not None:
@@ -206,7 +239,15 @@ def rerun_line(
     return " ".join(parts)
 
 
-def _result(item: pytest.Item, cfg: Settings, plan: RacePlan, records: list[RunRecord], duration: float) -> RaceResult:
+def _result(
+    item: pytest.Item,
+    cfg: Settings,
+    plan: RacePlan,
+    records: list[RunRecord],
+    duration: float,
+    planned: int,
+    stopped: str | None,
+) -> RaceResult:
     method = start_method_of(item)
     return RaceResult(
         nodeid=item.nodeid,
@@ -216,6 +257,8 @@ def _result(item: pytest.Item, cfg: Settings, plan: RacePlan, records: list[RunR
         rerun=rerun_line(item, cfg, plan, method),
         records=records,
         duration=duration,
+        planned=planned,
+        stopped=stopped,
     )
 
 
@@ -242,8 +285,14 @@ def _log_verdict(item: pytest.Item, race: RaceRun, result: RaceResult, final_tea
                 rerun=rerun_line(item, settings(item.config), result.plan, result.start_method, unsharded=base),
             )
         )
-        if result.plan.has_expect:
-            entry["expected"] = safe_repr(result.plan.expect)
+    cfg = settings(item.config)
+    if cfg.job_shard is not None:
+        # What pytest_ipc.merge needs to merge the jobs into one verdict.
+        entry["job_shard"] = [cfg.job_shard[0], cfg.job_shard[1]]
+        base = entry.get("base_nodeid", item.nodeid)
+        entry["rerun"] = rerun_line(item, cfg, result.plan, result.start_method, unsharded=base, every_job=True)
+    if (shard is not None or cfg.job_shard is not None) and result.plan.has_expect:
+        entry["expected"] = safe_repr(result.plan.expect)
     item.user_properties.extend(_junit_properties(entry))
 
     def raise_verdict() -> None:

@@ -29,8 +29,14 @@ class Shard:
     def id(self) -> str:
         return f"shard{self.index + 1}of{self.count}"
 
-    def indices(self, runs: int) -> range:
-        return range(self.index, runs, self.count)
+    def indices(self, runs: range) -> range:
+        return runs[self.index :: self.count]
+
+
+def job_runs(runs: int, job: tuple[int, int] | None) -> range:
+    """The run numbers of a test that this CI job makes (``--ipc-job-shard=I/K``): I-1, I-1+K, ..."""
+    every = range(runs)
+    return every if job is None else every[job[0] - 1 :: job[1]]
 
 
 def shard_params(shards: int, runs: int) -> list[Any]:

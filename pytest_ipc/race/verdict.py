@@ -269,6 +269,67 @@ def _expected(plan: RacePlan, value: Any) -> bool:
 # -- one item's runs -----------------------------------------------------------
 
 
+def stop_note(runs: int, max_runs: int, reason: str) -> str:
+    """The line that says a racing test stopped before its last run, and why."""
+    return (
+        f"stopped after {runs} of at most {max_runs} runs, as the verdict was certain: {reason}; "
+        "all_runs=True or --ipc-all-runs makes every run"
+    )
+
+
+class Proof:
+    """Watches the runs as they come in, for the first proof that the test cannot pass.
+
+    The test fails whatever later runs give once a run fails (with a pass
+    beside it that is a race, without one a plain failure), two runs'
+    outcomes differ, or an outcome falls outside ``expect``.  Outcomes whose
+    comparison raises prove nothing here: the verdict says what is wrong
+    with them.
+    """
+
+    def __init__(self, plan: RacePlan) -> None:
+        self.plan = plan
+        self.reason: str | None = None  # why the verdict is certain; None while it is not
+        self._passed: RunRecord | None = None
+        self._first: Any = None  # the first passed run's outcome, as outcomes are compared
+        self._seen: set[Any] = set()  # the outcomes so far (for the progress line)
+
+    @property
+    def distinct(self) -> int:
+        """How many different outcomes the runs so far had (failed runs by their exception type)."""
+        return len(self._seen)
+
+    def add(self, record: RunRecord) -> str | None:
+        """Take one more run into account; the reason, once the verdict is certain."""
+        try:
+            self._seen.add(("failed", record.failure) if record.failed else ("outcome", _comparable(record.outcome)))
+        except Exception:  # an outcome whose __hash__ or __eq__ raises: not counted
+            pass
+        if self.reason is None:
+            try:
+                self.reason = self._why(record)
+            except Exception:  # an outcome whose __eq__ raises: no proof from it
+                pass
+        return self.reason
+
+    def _why(self, record: RunRecord) -> str | None:
+        if record.failed:
+            if self._passed is not None:
+                return f"run {record.index} failed ({record.failure}) and run {self._passed.index} passed"
+            return f"run {record.index} failed ({record.failure})"
+        if self._passed is None:
+            self._passed, self._first = record, _comparable(record.outcome)
+            if self.plan.has_expect and not _expected(self.plan, record.outcome):
+                return f"the outcome {safe_repr(record.outcome, 30)} of run {record.index} is not the expected one"
+            return None
+        if not bool(_comparable(record.outcome) == self._first):
+            return (
+                f"runs {self._passed.index} and {record.index} disagree "
+                f"({safe_repr(self._passed.outcome, 30)} and {safe_repr(record.outcome, 30)})"
+            )
+        return None
+
+
 @dataclass
 class Verdict:
     kind: Kind
@@ -286,6 +347,8 @@ class RaceResult:
     rerun: str  # the command that replays the item
     records: list[RunRecord] = field(default_factory=list)
     duration: float = 0.0
+    planned: int = 0  # the most runs this item could make
+    stopped: str | None = None  # why it stopped before them: the verdict was certain
 
     @property
     def label(self) -> str:
@@ -351,7 +414,14 @@ class RaceResult:
             outcome=safe_repr(records[0].outcome),
             expected=safe_repr(self.plan.expect),
         )
+        if self.stopped is not None:
+            stop = f"{self.stop_note()}\n"
+            detail = stop + detail if detail else stop.rstrip("\n")
         return Verdict(kind, message(f"{head} ({tail})", rows, label, self.rerun, detail))
+
+    def stop_note(self) -> str:
+        """Why the item made fewer runs than it could (only when it did)."""
+        return stop_note(len(self.records), self.planned, self.stopped or "")
 
     def entry(self, verdict: Verdict) -> RaceEntry:
         """The facts of these runs, as they travel on the report and into the JSON report."""
@@ -368,6 +438,8 @@ class RaceResult:
             seed=self.seed,
             jitter=self.plan.jitter,
             duration=round(self.duration, 4),
+            max_runs=self.planned,
+            stopped_early=self.stopped,
         )
 
 
@@ -391,8 +463,12 @@ def _longrepr_text(longrepr: Any) -> str:
 # -- one test's shards ---------------------------------------------------------
 
 
-def merge(shards: list[RaceEntry]) -> tuple[RaceEntry, str | None]:
-    """One test's entry from its shards' entries, and the merged verdict's message if it is not a pass."""
+def merge(shards: list[RaceEntry], parts: str = "shards") -> tuple[RaceEntry, str | None]:
+    """One test's entry from its shards' entries, and the merged verdict's message if it is not a pass.
+
+    ``parts`` names what the entries are in the message: ``shards`` of one
+    session (--ipc-shards), or CI ``jobs`` (--ipc-job-shard, pytest_ipc.merge).
+    """
     first = shards[0]
     counts: Counter[str] = Counter()
     for data in shards:
@@ -420,6 +496,8 @@ def merge(shards: list[RaceEntry]) -> tuple[RaceEntry, str | None]:
             verdict=kind.value,
             duration=round(sum(d["duration"] for d in shards), 4),  # run time summed over the shards
             shards=len(shards),
+            max_runs=sum(d.get("max_runs", d["runs"]) for d in shards),
+            stopped_early=next((d["stopped_early"] for d in shards if d.get("stopped_early")), None),
         )
     )
     if kind is Kind.PASSED:
@@ -427,7 +505,7 @@ def merge(shards: list[RaceEntry]) -> tuple[RaceEntry, str | None]:
     tail = settings_tail(first["start_method"], first["seed"], first["jitter"] or 0.0)
     head = headline(
         kind,
-        runs=f"{runs} runs of {len(shards)} shards",
+        runs=f"{runs} runs of {len(shards)} {parts}",
         failed_runs=failed_runs,
         label=label,
         outcome=rows[0][0],
