@@ -55,6 +55,7 @@ def run_once(workdir: str, workers: int, runs: int, shards: int) -> float:
         f"--ipc-shards={shards}",
         f"--ipc-runs={runs}",
         "--ipc-budget=none",
+        "--ipc-all-runs",  # a campaign's cost: every run, whatever it finds
         "test_campaign.py",
     ]
     started = time.monotonic()

@@ -63,6 +63,10 @@ class PlainLauncher:
 # -- worker targets -----------------------------------------------------------
 
 
+def noop() -> None:
+    """A worker that does nothing: what its start costs, alone."""
+
+
 def inc_value(v: Any, n: int) -> None:
     for _ in range(n):
         v.value += 1
