@@ -169,7 +169,7 @@ def pytest_run(
 
 
 def repeat_args(test: str, runs: int) -> list[str]:
-    return ["-p", "no:pytest_ipc", "-p", "pytest_repeat", "-x", f"--count={runs}", f"test_plain.py::{test}"]
+    return ["-p", "no:pytest_ipc", "-x", f"--count={runs}", f"test_plain.py::{test}"]  # pytest-repeat autoloads
 
 
 def ipc_args(method: str, tests: list[str], jitter: str, report: Path) -> list[str]:

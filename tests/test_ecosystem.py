@@ -8,6 +8,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
+from sessions import report_line, run
 
 # Verdicts known in advance and no processes: the runs record their outcome.
 RACES = """
@@ -38,17 +39,6 @@ def test_flaky_plain():
 """
 
 
-def run(pytester: pytest.Pytester, *args: str, timeout: float = 60) -> pytest.RunResult:
-    """A pytest session in a subprocess, with the plugin, bounded by ``timeout``."""
-    return pytester.runpytest_subprocess("-p", "pytest_ipc", *args, timeout=timeout)
-
-
-def race_report_line(result: pytest.RunResult, nodeid: str) -> str:
-    """The ``ipc race report`` line of ``nodeid``."""
-    section = result.stdout.str().split("ipc race report", 1)[1]
-    return next(line for line in section.splitlines() if line.startswith(nodeid + " "))
-
-
 # -- pytest-rerunfailures -----------------------------------------------------
 
 
@@ -71,7 +61,7 @@ def test_reruns_do_not_rerun_or_hide_a_race(pytester: pytest.Pytester) -> None:
     )
     result.stdout.no_fnmatch_line("RERUN test_races.py::test_*race*")
     for nodeid in ("test_races.py::test_race", "test_races.py::test_flaky_marked_race"):
-        assert re.search(r"\b4 runs\s+2 outcomes\s+RACE\b", race_report_line(result, nodeid))
+        assert report_line(result, nodeid).groups() == ("4", "2", "RACE")
 
 
 # -- pytest-timeout -----------------------------------------------------------
@@ -191,5 +181,5 @@ def test_repeat_count_makes_each_copy_its_own_race_test(pytester: pytest.Pyteste
         ]
     )
     for copy in ("1-2", "2-2"):
-        line = race_report_line(result, f"test_repeat_count_makes_each_copy_its_own_race_test.py::test_steady[{copy}]")
-        assert re.search(r"\b3 runs\s+1 outcome\s+passed\b", line), line
+        line = report_line(result, f"test_repeat_count_makes_each_copy_its_own_race_test.py::test_steady[{copy}]")
+        assert line.groups() == ("3", "1", "passed"), line.group(0)
