@@ -11,6 +11,7 @@ import functools
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
 
     spec.ready.send(spec.index)
     spec.ready.close()
-    if not _pass_barrier(spec.go, spec.timeout):
+    if not _pass_barrier(spec.go, spec.timeout, spec.gate_deadline):
         write_result(
             spec.workdir,
             spec.index,
@@ -189,15 +190,22 @@ def _prepare_process(spec: ChildSpec) -> None:
     faulthandler.enable(file=stack_file, all_threads=True)
 
 
-def _pass_barrier(go: Any, timeout: float) -> bool:
+def _pass_barrier(go: Any, timeout: float, gate_deadline: float | None = None) -> bool:
     """Wait for the parent's go byte: one byte per worker on a shared pipe.
 
     Not a multiprocessing Event: a worker killed while waiting on one leaves
     its Condition counting a sleeper that never wakes, and the parent's
     ``set()`` then blocks forever.  A byte nobody reads harms no one.
+
+    At an ``ipc_race`` run's gate (``gate_deadline`` given) a worker that is
+    still held at the deadline goes on by itself: the parent reports the gate
+    that never opened (see :mod:`pytest_ipc.gate`).
     """
     try:
-        if not go.poll(timeout):
+        if gate_deadline is not None:
+            if not go.poll(max(0.0, gate_deadline - time.monotonic())):
+                return True
+        elif not go.poll(timeout):
             return False
         return os.read(go.fileno(), 1) == b"g"  # b"" at EOF: the parent gave up
     finally:

@@ -59,6 +59,7 @@ class ChildSpec:
         jitter: float,
         parent_pid: int | None = None,
         shm_log: tuple[str, int] | None = None,
+        gate_deadline: float | None = None,
     ) -> None:
         self.name = name
         self.index = index
@@ -74,6 +75,10 @@ class ChildSpec:
         # Where to note the SharedMemory segments this worker creates, and the
         # test process's pid (see shmlog); None outside a leak-checked test.
         self.shm_log = shm_log
+        # In an ipc_race run, until when (time.monotonic(), the same clock in
+        # every process) the worker waits at the run's one start gate before
+        # it lets itself go; None: it fails after ``timeout`` at its barrier.
+        self.gate_deadline = gate_deadline
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled (spawn, forkserver) before the target's arguments: patch
@@ -89,7 +94,7 @@ class Stage(enum.Enum):
     """How far a worker got: where it failed, or ``DONE``."""
 
     LOAD = "load"  # finding or importing its target
-    BARRIER = "barrier"  # waiting at the start barrier
+    BARRIER = "barrier"  # waiting at the start barrier (or gate)
     RUN = "run"  # running its target, which raised
     RETURN = "return"  # sending back the value its target returned
     DONE = "done"  # its target returned, and the value is here
