@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, NamedTuple, NoReturn
 
 import pytest
@@ -249,13 +249,15 @@ def ipc_workers(
         jitter=run.jitter,
         one_gate=one_gate,
     )
+    request.node.stash[_gate_key] = workers._gate
     try:
         yield workers
     finally:
         complaints = workers.close()
+        del request.node.stash[_gate_key]
         # A gate that never opened is the news whatever became of the test:
-        # it is what made the test wait, or fail.
-        if workers.gate_overdue:
+        # it is what made the test wait, or fail (reported with the call when it could be).
+        if workers.gate_overdue and not workers._gate.reported:
             raise WorkerTimeout("\n".join([workers.gate_overdue, *complaints]))
         # Only a test that otherwise passed is blamed: after a failure or an
         # interrupt, workers left running are the consequence, not the news.
@@ -263,17 +265,30 @@ def ipc_workers(
             raise WorkerError("\n".join(complaints))
 
 
+_gate_key = pytest.StashKey[Any]()
+
+
 class GateHooks:
-    """Opens the start gate of an ``ipc_race`` run when the test body returns or raises."""
+    """Opens the start gate of an ``ipc_race`` run when the test body returns or raises.
+
+    A gate that had stayed shut until its deadline fails the call, naming the
+    workers it held: when a hang ended the test (pytest-timeout), that is
+    the report the user reads, with the hang's own error chained to it.
+    """
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Iterator[Any]:
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
         try:
             return (yield)
         finally:
-            from pytest_ipc import gate
+            gate = pyfuncitem.stash.get(_gate_key, None)
+            if gate is not None:
+                gate.open("the test returned")
+                if gate.overdue and not gate.reported:
+                    gate.reported = True
+                    from pytest_ipc.errors import WorkerTimeout
 
-            gate.release_current("the test returned")
+                    raise WorkerTimeout(gate.overdue)
 
 
 def _open_gate_when_the_test_returns(config: pytest.Config) -> None:

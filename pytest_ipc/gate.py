@@ -30,12 +30,13 @@ connections), so a test without ``ipc_race`` never meets them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # The gate that holds workers now, in this process; None otherwise.
@@ -57,6 +58,7 @@ class StartGate:
         self.opened_by: str | None = None
         self.deadline: float | None = None
         self.overdue: str | None = None  # the complaint, once the deadline passed with workers held
+        self.reported = False  # the complaint has failed the test's call already
         self._go: tuple[Any, Any] | None = None  # (read end, write end)
         self._held: list[str] = []  # labels of the workers held now
         self._owed = 0  # bytes to write when it opens
@@ -110,7 +112,8 @@ class StartGate:
             held_for = time.monotonic() - (self.deadline - self.timeout)
             self.overdue = (
                 f"the start gate was still closed {held_for:.1f}s after the first ipc_workers.start() "
-                f"(ipc_timeout {self.timeout:g}s): {', '.join(self._held)} were held there, because "
+                f"(ipc_timeout {self.timeout:g}s): {', '.join(self._held)} "
+                f"{'was' if len(self._held) == 1 else 'were'} held there, because "
                 "the test had neither waited on them, talked to them nor returned; they let themselves "
                 "go at the timeout. A test that waits for its workers by a means pytest-ipc does not "
                 "see (a shared Value or Array polled in a loop, a file, a socket, another thread) must "
@@ -164,6 +167,17 @@ def _opens(why: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return opens
 
     return wrap
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Inside, the test's thread does pytest-ipc's own traffic (a start()'s ready pipe): no opening."""
+    global _quiet
+    _quiet += 1
+    try:
+        yield
+    finally:
+        _quiet -= 1
 
 
 def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -222,8 +236,8 @@ def _queue_get(func: Callable[..., Any]) -> Callable[..., Any]:
 def _gated_acquire(real: Callable[..., Any]) -> Callable[..., Any]:
     def acquire(block: bool = True, timeout: float | None = None) -> Any:
         gate = _acts()
-        if gate is None:
-            return real(block, timeout)
+        if gate is None or not block:
+            return real(block, timeout)  # a try (Condition.notify()'s among them) waits for no one
         if real(False):
             return True
         gate.open("a Lock/Semaphore acquire() that would block")

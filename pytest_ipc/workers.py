@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from pytest_ipc import gate
 from pytest_ipc._worker import bootstrap, shmlog
 from pytest_ipc._worker.protocol import ChildResult, ChildSpec, Stage, TargetRef, read_result, stack_path
 from pytest_ipc.errors import WorkerError, WorkerFailed, WorkerStartError, WorkerTimeout
@@ -407,7 +408,8 @@ class IpcWorkers:
             # Only the children hold the write end now: once they have all
             # sent (or died) the read end sees EOF.
             ready_w.close()
-            self._await_ready(new, ready_r, target)
+            with gate.quiet():  # its ready pipe is not the test talking to its workers
+                self._await_ready(new, ready_r, target)
             self._gate.let_in([w.label() for w in new])
         except BaseException:
             self._abort(new)
