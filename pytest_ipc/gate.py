@@ -5,8 +5,9 @@ however many calls, wait at one gate and begin their bodies together.
 ``start()`` still returns once its workers are ready (at the gate).  The
 gate opens at the first of:
 
-- the test waiting on or talking to workers from the thread that started
-  them: ``ipc_workers.join()``, ``fanin_queue.collect()``, or a blocking
+- the test waiting on or talking to workers (from its thread, or a thread
+  it started; not from ``multiprocessing``'s own threads, such as a Queue's
+  feeder): ``ipc_workers.join()``, ``fanin_queue.collect()``, or a blocking
   call on a ``multiprocessing`` object (see :data:`_PATCHES`);
 - the test body returning (or raising);
 - ``ipc_workers.release()``;
@@ -22,10 +23,10 @@ deadlocks: the talk opens the gate.
 
 The patches that see the test's waits are installed when the gate first
 holds a worker and taken out when it opens; a patch that something else has
-wrapped since stays, inert.  They act only in the process and the thread
-that armed the gate (a fork child starts with them removed), and not inside
-``multiprocessing``'s own traffic (starting a process, a Manager's
-connections), so a test without ``ipc_race`` never meets them.
+wrapped since stays, inert.  They act only in the process that armed the
+gate (a fork child starts with them removed), not in ``multiprocessing``'s
+own threads, and not inside its own traffic (starting a process, a
+Manager's connections), so a test without ``ipc_race`` never meets them.
 """
 
 from __future__ import annotations
@@ -43,8 +44,24 @@ from typing import Any
 _armed: StartGate | None = None
 # The thread that armed it: the test's.
 _ident: int | None = None
-# > 0 while the test's thread is inside multiprocessing's own traffic.
-_quiet = 0
+
+
+class _Quiet(threading.local):
+    # > 0 while this thread is inside multiprocessing's (or pytest-ipc's) own traffic.
+    depth = 0
+
+
+_quiet = _Quiet()
+
+# Threads of multiprocessing's own (a Queue's feeder, a Pool's handlers, a
+# ProcessPoolExecutor's manager): their traffic is not the test waiting.
+_OWN_THREADS = ("multiprocessing.", "concurrent.futures.")
+
+
+def _is_own_thread(thread: threading.Thread) -> bool:
+    target = getattr(thread, "_target", None)
+    module = getattr(target, "__module__", None) or type(thread).__module__
+    return module.startswith(_OWN_THREADS)
 
 
 class StartGate:
@@ -88,11 +105,7 @@ class StartGate:
                 return
             self._held.extend(labels)
             self._owed += len(labels)
-        _arm(self)
-
-    def held(self) -> list[str]:
-        with self._lock:
-            return list(self._held)
+            _arm(self)  # under the lock: a thread opening the gate meanwhile disarms after this
 
     # -- opening ----------------------------------------------------------
 
@@ -116,7 +129,7 @@ class StartGate:
                 f"{'was' if len(self._held) == 1 else 'were'} held there, because "
                 "the test had neither waited on them, talked to them nor returned; they let themselves "
                 "go at the timeout. A test that waits for its workers by a means pytest-ipc does not "
-                "see (a shared Value or Array polled in a loop, a file, a socket, another thread) must "
+                "see (a shared Value or Array polled in a loop, a file, a socket) must "
                 "call ipc_workers.release() before it waits"
             )
         owed, self._owed = self._owed, 0
@@ -147,9 +160,12 @@ class StartGate:
 
 
 def _acts() -> StartGate | None:
-    """The armed gate, when the caller is the test's thread outside multiprocessing's own traffic."""
+    """The armed gate, when the caller is the test (its own thread, or one it started) outside
+    multiprocessing's own traffic."""
     gate = _armed
-    if gate is None or _quiet or threading.get_ident() != _ident:
+    if gate is None or _quiet.depth:
+        return None
+    if threading.get_ident() != _ident and _is_own_thread(threading.current_thread()):
         return None
     return gate
 
@@ -172,26 +188,24 @@ def _opens(why: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Inside, the test's thread does pytest-ipc's own traffic (a start()'s ready pipe): no opening."""
-    global _quiet
-    _quiet += 1
+    _quiet.depth += 1
     try:
         yield
     finally:
-        _quiet -= 1
+        _quiet.depth -= 1
 
 
 def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
     """A wrapper inside which the Connection patches stay quiet: multiprocessing's own traffic."""
 
     def quietly(*args: Any, **kwargs: Any) -> Any:
-        global _quiet
-        if _armed is None or threading.get_ident() != _ident:
+        if _armed is None:
             return func(*args, **kwargs)
-        _quiet += 1
+        _quiet.depth += 1
         try:
             return func(*args, **kwargs)
         finally:
-            _quiet -= 1
+            _quiet.depth -= 1
 
     return quietly
 

@@ -424,7 +424,7 @@ class IpcWorkers:
 
         Only needed in an ``ipc_race`` run whose test waits for its workers by
         a means the gate does not see (a shared ``Value`` polled in a loop, a
-        file, another thread): ``join()``, ``fanin_queue.collect()``, a
+        file): ``join()``, ``fanin_queue.collect()``, a
         blocking call on a ``multiprocessing`` object and the test returning
         open it themselves.  Opening an open gate does nothing.
         """

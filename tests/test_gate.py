@@ -192,6 +192,39 @@ def test_a_blocking_recv_alone_opens_the_gate(ipc_context, ipc_workers, pipe_pai
     ipc_outcome.record("ok")
 
 
+@pytest.mark.ipc_race(runs=3)
+def test_a_thread_of_the_test_talking_opens_the_gate(ipc_context, ipc_workers, pipe_pair, ipc_outcome):
+    import threading
+
+    answers = []
+
+    def talk():
+        pipe_pair.parent.send("from a thread")
+        answers.append(pipe_pair.parent.recv())
+
+    ipc_workers.start(helpers.echo, args=(pipe_pair.child,), name="echo")
+    thread = threading.Thread(target=talk)
+    thread.start()
+    thread.join(20)  # Thread.join is not one of the gate's waits: the thread's send opens it
+    assert answers == ["from a thread"]
+    ipc_workers.join()
+    ipc_outcome.record("ok")
+
+
+@pytest.mark.ipc_race(runs=3)
+def test_a_queue_feeder_thread_leaves_the_gate_shut(ipc_context, ipc_workers, fanin_queue, ipc_outcome):
+    lock, log = ipc_context.Lock(), new_log(ipc_context, 2)
+    ipc_workers.start(span, args=(log, lock, 0, 2))
+    fanin_queue.put("work")  # its feeder thread writes the item into the pipe
+    fanin_queue.close()
+    fanin_queue.join_thread()  # ... and has, by now
+    ipc_workers.start(span, args=(log, lock, 1, 2))
+    log[1] = tick(log, lock)
+    ipc_workers.join()
+    held_then_overlapped(log, 2)
+    ipc_outcome.record("ok")
+
+
 @pytest.mark.ipc_race(runs=2)
 def test_the_patches_are_in_only_while_workers_are_held(ipc_context, ipc_workers, pipe_pair, ipc_outcome):
     before = mpc._ConnectionBase.__dict__["recv"], mpc.wait
@@ -297,12 +330,16 @@ def run_inner(
 def test_workers_of_separate_starts_wait_at_one_gate(
     pytester: pytest.Pytester, run_inner: Callable[..., Run], method: str
 ) -> None:
-    """join(), release(), collect(), a blocking recv and talk all open the one gate; outside ipc_race nothing changes."""
+    """join(), release(), collect(), a blocking recv and talk (a thread's too) open the one gate.
+
+    What does not wait leaves it shut (a lock free to take, a set Event, a
+    Queue's feeder thread); outside ipc_race nothing changes.
+    """
     pytester.makepyfile(test_gated=GATED)
     run = run_inner(method=method)
-    run.result.assert_outcomes(passed=7)
-    # 3 runs x (3 + 2 + 3 + 2 + 2) workers, 2 runs x 1, and 2 outside ipc_race.
-    assert len(run.pids) == 3 * 12 + 2 + 2
+    run.result.assert_outcomes(passed=9)
+    # 3 runs x (3 + 2 + 3 + 2 + 2 + 1 + 2) workers, 2 runs x 1, and 2 outside ipc_race.
+    assert len(run.pids) == 3 * 15 + 2 + 2
 
 
 @pytest.mark.parametrize("method", METHODS)
