@@ -426,7 +426,8 @@ class IpcWorkers:
         a means the gate does not see (a shared ``Value`` polled in a loop, a
         file): ``join()``, ``fanin_queue.collect()``, a
         blocking call on a ``multiprocessing`` object and the test returning
-        open it themselves.  Opening an open gate does nothing.
+        open it themselves.  Opening an open gate does nothing; outside
+        ``ipc_race`` the gate is always open.
         """
         if self._closed:
             raise WorkerError("ipc_workers.release() called after teardown")
