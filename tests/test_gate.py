@@ -78,6 +78,11 @@ def produce(q, n):
     q.put(q.DONE)
 
 
+def put_one(q):
+    record()
+    q.put("one")
+
+
 def bump(v):
     record()
     with v.get_lock():
@@ -226,6 +231,25 @@ def test_a_queue_feeder_thread_leaves_the_gate_shut(ipc_context, ipc_workers, fa
 
 
 @pytest.mark.ipc_race(runs=2)
+def test_a_manager_proxy_get_opens_the_gate_and_setting_up_does_not(
+    ipc_context, ipc_workers, ipc_manager, ipc_outcome
+):
+    lock, log = ipc_context.Lock(), new_log(ipc_context, 2)
+    q = ipc_manager.Queue()
+    ipc_workers.start(span, args=(log, lock, 0, 2))
+    items = ipc_manager.list([1])  # talking to the Manager's server is not waiting for the workers
+    items.append(2)
+    ipc_workers.start(helpers.put_one, args=(q,))
+    ipc_workers.start(span, args=(log, lock, 1, 2))
+    log[1] = tick(log, lock)
+    assert q.get(timeout=20) == "one"
+    ipc_workers.join()
+    held_then_overlapped(log, 2)
+    assert list(items) == [1, 2]
+    ipc_outcome.record("ok")
+
+
+@pytest.mark.ipc_race(runs=2)
 def test_the_patches_are_in_only_while_workers_are_held(ipc_context, ipc_workers, pipe_pair, ipc_outcome):
     before = mpc._ConnectionBase.__dict__["recv"], mpc.wait
     ipc_workers.start(helpers.echo, args=(pipe_pair.child,))
@@ -330,16 +354,16 @@ def run_inner(
 def test_workers_of_separate_starts_wait_at_one_gate(
     pytester: pytest.Pytester, run_inner: Callable[..., Run], method: str
 ) -> None:
-    """join(), release(), collect(), a blocking recv and talk (a thread's too) open the one gate.
+    """join(), release(), collect(), a blocking recv, a Manager queue's get and talk (a thread's too) open the gate.
 
     What does not wait leaves it shut (a lock free to take, a set Event, a
-    Queue's feeder thread); outside ipc_race nothing changes.
+    Queue's feeder thread, a Manager's set-up); outside ipc_race nothing changes.
     """
     pytester.makepyfile(test_gated=GATED)
     run = run_inner(method=method)
-    run.result.assert_outcomes(passed=9)
-    # 3 runs x (3 + 2 + 3 + 2 + 2 + 1 + 2) workers, 2 runs x 1, and 2 outside ipc_race.
-    assert len(run.pids) == 3 * 15 + 2 + 2
+    run.result.assert_outcomes(passed=10)
+    # 3 runs x (3 + 2 + 3 + 2 + 2 + 1 + 2) workers, 2 runs x (3 + 1), and 2 outside ipc_race.
+    assert len(run.pids) == 3 * 15 + 2 * 4 + 2
 
 
 @pytest.mark.parametrize("method", METHODS)
