@@ -64,6 +64,16 @@ def _is_own_thread(thread: threading.Thread) -> bool:
     return module.startswith(_OWN_THREADS)
 
 
+def _named(wrapper: Callable[..., Any], func: Any) -> Callable[..., Any]:
+    """``wrapper`` under ``func``'s names.  No ``__wrapped__``: amplification takes that for its own mark."""
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(wrapper, attr, getattr(func, attr))
+        except AttributeError:
+            pass
+    return wrapper
+
+
 class StartGate:
     """The gate of one ``ipc_workers`` fixture: one go pipe, one byte per worker let through."""
 
@@ -180,7 +190,7 @@ def _opens(why: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 gate.open(why)
             return func(*args, **kwargs)
 
-        return opens
+        return _named(opens, func)
 
     return wrap
 
@@ -207,7 +217,7 @@ def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             _quiet.depth -= 1
 
-    return quietly
+    return _named(quietly, func)
 
 
 def _poll(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -225,7 +235,7 @@ def _poll(func: Callable[..., Any]) -> Callable[..., Any]:
         gate.open("Connection.poll()")
         return func(self, timeout)
 
-    return poll
+    return _named(poll, func)
 
 
 def _queue_get(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -244,7 +254,7 @@ def _queue_get(func: Callable[..., Any]) -> Callable[..., Any]:
             gate.open("a Queue.get_nowait() that found nothing")
             raise
 
-    return get
+    return _named(get, func)
 
 
 def _gated_acquire(real: Callable[..., Any]) -> Callable[..., Any]:
@@ -257,7 +267,7 @@ def _gated_acquire(real: Callable[..., Any]) -> Callable[..., Any]:
         gate.open("a Lock/Semaphore acquire() that would block")
         return real(block, timeout)
 
-    return acquire
+    return acquire  # made at each lookup while armed: left unnamed, to stay cheap
 
 
 class _AcquireOf:
@@ -290,7 +300,7 @@ def _lock_enter(func: Callable[..., Any]) -> Callable[..., Any]:
                 gate.open("a `with lock:` that would block")
         return func(self)
 
-    return __enter__
+    return _named(__enter__, func)
 
 
 # Manager proxy methods that wait for another process.
@@ -309,7 +319,7 @@ def _callmethod(func: Callable[..., Any]) -> Callable[..., Any]:
                 gate.open(f"a Manager proxy's {methodname}()")
         return quiet(self, methodname, args, kwds or {})
 
-    return _callmethod
+    return _named(_callmethod, func)
 
 
 # (module, attribute path, wrapper maker).  The module must be imported already for its patch.
