@@ -78,6 +78,10 @@ def produce(q, n):
     q.put(q.DONE)
 
 
+def double(x):
+    return 2 * x
+
+
 def put_one(q):
     record()
     q.put("one")
@@ -250,6 +254,26 @@ def test_a_manager_proxy_get_opens_the_gate_and_setting_up_does_not(
 
 
 @pytest.mark.ipc_race(runs=2)
+def test_processes_the_test_starts_itself_are_not_held(ipc_context, ipc_workers, shared_value, ipc_outcome):
+    lock, log = ipc_context.Lock(), new_log(ipc_context, 1)
+    ipc_workers.start(span, args=(log, lock, 0, 1))
+    own = ipc_context.Process(target=helpers.bump, args=(shared_value,))
+    own.start()
+    helpers.wait_until(lambda: shared_value.value == 1, "the test's own process")
+    pool = ipc_context.Pool(2)
+    try:
+        assert pool.map(helpers.double, [1, 2, 3]) == [2, 4, 6]  # its threads' traffic leaves the gate shut
+        log[1] = tick(log, lock)
+    finally:
+        pool.close()
+        pool.join()  # waits on processes: this opens the gate
+    own.join()
+    ipc_workers.join()
+    held_then_overlapped(log, 1)
+    ipc_outcome.record("ok")
+
+
+@pytest.mark.ipc_race(runs=2)
 def test_the_patches_are_in_only_while_workers_are_held(ipc_context, ipc_workers, pipe_pair, ipc_outcome):
     before = mpc._ConnectionBase.__dict__["recv"], mpc.wait
     ipc_workers.start(helpers.echo, args=(pipe_pair.child,))
@@ -357,13 +381,15 @@ def test_workers_of_separate_starts_wait_at_one_gate(
     """join(), release(), collect(), a blocking recv, a Manager queue's get and talk (a thread's too) open the gate.
 
     What does not wait leaves it shut (a lock free to take, a set Event, a
-    Queue's feeder thread, a Manager's set-up); outside ipc_race nothing changes.
+    Queue's feeder thread, a Manager's set-up, a Pool's traffic), processes
+    the test starts itself are not held, and outside ipc_race nothing changes.
     """
     pytester.makepyfile(test_gated=GATED)
     run = run_inner(method=method)
-    run.result.assert_outcomes(passed=10)
-    # 3 runs x (3 + 2 + 3 + 2 + 2 + 1 + 2) workers, 2 runs x (3 + 1), and 2 outside ipc_race.
-    assert len(run.pids) == 3 * 15 + 2 * 4 + 2
+    run.result.assert_outcomes(passed=11)
+    # 3 runs x (3 + 2 + 3 + 2 + 2 + 1 + 2) workers, 2 runs x (3 + 2 + 1), and 2 outside
+    # ipc_race (the Pool's workers record nothing).
+    assert len(run.pids) == 3 * 15 + 2 * 6 + 2
 
 
 @pytest.mark.parametrize("method", METHODS)
