@@ -78,6 +78,20 @@ def produce(q, n):
     q.put(q.DONE)
 
 
+def answer(how, obj):
+    """The worker's side of each kind of wait in test_each_kind_of_wait_opens_the_gate."""
+    record()
+    if how == "barrier":
+        obj.wait(8)
+    elif how == "event":
+        obj.set()
+    elif how == "semaphore":
+        obj.release()
+    elif how == "joinable":
+        obj.get(timeout=8)
+        obj.task_done()
+
+
 def double(x):
     return 2 * x
 
@@ -273,6 +287,40 @@ def test_processes_the_test_starts_itself_are_not_held(ipc_context, ipc_workers,
     ipc_outcome.record("ok")
 
 
+# Each of these waits would last until the gate's deadline (ipc_timeout 10 s)
+# if it did not open the gate: the 8 s ones fail first, the JoinableQueue's
+# join() (which has no timeout) fails naming the held worker.
+@pytest.mark.ipc_race(runs=2)
+@pytest.mark.ipc_timeout(10)
+@pytest.mark.parametrize("how", ["barrier", "event", "semaphore", "joinable", "sentinel"])
+def test_each_kind_of_wait_opens_the_gate(ipc_context, ipc_workers, how, ipc_outcome):
+    make = {
+        "barrier": lambda: ipc_context.Barrier(2),
+        "event": ipc_context.Event,
+        "semaphore": lambda: ipc_context.Semaphore(0),
+        "joinable": ipc_context.JoinableQueue,
+        "sentinel": lambda: None,
+    }
+    obj = make[how]()
+    if how == "joinable":
+        obj.put("job")
+    [worker] = ipc_workers.start(helpers.answer, args=(how, obj))
+    if how == "barrier":
+        obj.wait(8)
+    elif how == "event":
+        assert obj.wait(8)
+    elif how == "semaphore":
+        assert obj.acquire(timeout=8)
+    elif how == "joinable":
+        obj.join()
+        obj.close()
+        obj.join_thread()
+    else:
+        assert mpc.wait([worker.process.sentinel], 8)
+    ipc_workers.join()
+    ipc_outcome.record("ok")
+
+
 @pytest.mark.ipc_race(runs=2)
 def test_the_patches_are_in_only_while_workers_are_held(ipc_context, ipc_workers, pipe_pair, ipc_outcome):
     before = mpc._ConnectionBase.__dict__["recv"], mpc.wait
@@ -378,7 +426,8 @@ def run_inner(
 def test_workers_of_separate_starts_wait_at_one_gate(
     pytester: pytest.Pytester, run_inner: Callable[..., Run], method: str
 ) -> None:
-    """join(), release(), collect(), a blocking recv, a Manager queue's get and talk (a thread's too) open the gate.
+    """join(), release(), collect(), blocking waits (recv, Barrier, Event, Semaphore, JoinableQueue,
+    sentinels, a Manager queue's get) and talk (a thread's too) open the gate.
 
     What does not wait leaves it shut (a lock free to take, a set Event, a
     Queue's feeder thread, a Manager's set-up, a Pool's traffic), processes
@@ -386,10 +435,10 @@ def test_workers_of_separate_starts_wait_at_one_gate(
     """
     pytester.makepyfile(test_gated=GATED)
     run = run_inner(method=method)
-    run.result.assert_outcomes(passed=11)
-    # 3 runs x (3 + 2 + 3 + 2 + 2 + 1 + 2) workers, 2 runs x (3 + 2 + 1), and 2 outside
-    # ipc_race (the Pool's workers record nothing).
-    assert len(run.pids) == 3 * 15 + 2 * 6 + 2
+    run.result.assert_outcomes(passed=16)
+    # 3 runs x (3 + 2 + 3 + 2 + 2 + 1 + 2) workers, 2 runs x (3 + 2 + 5 x 1 + 1), and 2
+    # outside ipc_race (the Pool's workers record nothing).
+    assert len(run.pids) == 3 * 15 + 2 * 11 + 2
 
 
 @pytest.mark.parametrize("method", METHODS)
