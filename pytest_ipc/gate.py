@@ -11,10 +11,10 @@ gate opens at the first of:
   call on a ``multiprocessing`` object (see :data:`_PATCHES`);
 - the test body returning (or raising);
 - ``ipc_workers.release()``;
-- the gate's deadline, the test's ``ipc_timeout`` after its first
+- the gate's deadline, the test's ``ipc_timeout`` after its last
   ``start()``: the held workers then let themselves go (each worker waits
-  at the gate only until that deadline), and the test fails at teardown
-  naming them, since a test that neither waits nor returns for that long
+  at the gate only until that deadline), and the test fails naming
+  them, since a test that neither waits nor returns for that long
   is waiting for its workers by a means the gate cannot see.
 
 Workers started once the gate is open begin at once, as outside ``ipc_race``.
@@ -39,6 +39,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from pytest_ipc._worker.protocol import write_gate_deadline
 
 # The gate that holds workers now, in this process; None otherwise.
 _armed: StartGate | None = None
@@ -75,10 +77,15 @@ def _named(wrapper: Callable[..., Any], func: Any) -> Callable[..., Any]:
 
 
 class StartGate:
-    """The gate of one ``ipc_workers`` fixture: one go pipe, one byte per worker let through."""
+    """The gate of one ``ipc_workers`` fixture: one go pipe, one byte per worker let through.
 
-    def __init__(self, ctx: Any, timeout: float, hold: bool) -> None:
+    Outside ``ipc_race`` (``hold`` False) it is always open, with a go pipe
+    for each ``start()``: the per-call start barrier.
+    """
+
+    def __init__(self, ctx: Any, timeout: float, hold: bool, workdir: str) -> None:
         self._ctx = ctx
+        self._workdir = workdir  # where the held workers find the deadline, as start() moves it
         self.timeout = timeout
         self.hold = hold  # False outside ipc_race: each start() lets its own workers go
         self.is_open = not hold
@@ -94,11 +101,22 @@ class StartGate:
     # -- what start() uses ------------------------------------------------
 
     def go_end(self) -> Any:
-        """The read end of the go pipe, which every worker's spec carries."""
+        """The read end of the go pipe, which every worker's spec carries; a start() begins.
+
+        While the gate is shut, each start() moves its deadline on to
+        ``ipc_timeout`` from now: a test that is still starting workers is
+        not idle, however long its starting takes.
+        """
+        if not self.hold:
+            # Outside ipc_race a pipe of its own for each start(), as the
+            # barrier always had: a later call's worker cannot take a byte
+            # meant for an earlier call's and begin before it.
+            self._close_pipe()
         if self._go is None:
             self._go = self._ctx.Pipe(duplex=False)
-            if self.hold and self.deadline is None:
-                self.deadline = time.monotonic() + self.timeout
+        if self.hold and not self.is_open:
+            self.deadline = time.monotonic() + self.timeout
+            write_gate_deadline(self._workdir, self.deadline)
         return self._go[0]
 
     def worker_deadline(self) -> float | None:
@@ -112,6 +130,8 @@ class StartGate:
                 self._open_locked("the deadline")
             if self.is_open:
                 self._write(len(labels))
+                if not self.hold:
+                    self._close_pipe()
                 return
             self._held.extend(labels)
             self._owed += len(labels)
@@ -134,7 +154,7 @@ class StartGate:
         if self._held and self.deadline is not None and time.monotonic() >= self.deadline:
             held_for = time.monotonic() - (self.deadline - self.timeout)
             self.overdue = (
-                f"the start gate was still closed {held_for:.1f}s after the first ipc_workers.start() "
+                f"the start gate was still closed {held_for:.1f}s after the last ipc_workers.start() "
                 f"(ipc_timeout {self.timeout:g}s): {', '.join(self._held)} "
                 f"{'was' if len(self._held) == 1 else 'were'} held there, because "
                 "the test had neither waited on them, talked to them nor returned; they let themselves "
@@ -159,11 +179,14 @@ class StartGate:
         """Open it (the test is over), close the pipe; the complaint of an overdue gate, if any."""
         self.open("teardown")
         _disarm(self)
+        self._close_pipe()
+        return self.overdue
+
+    def _close_pipe(self) -> None:
         if self._go is not None:
             for conn in self._go:
                 conn.close()
             self._go = None
-        return self.overdue
 
 
 # -- the patches that see the test's waits -------------------------------

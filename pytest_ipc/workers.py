@@ -322,7 +322,7 @@ class IpcWorkers:
         # one_gate (ipc_race runs): the workers of every start() wait at one
         # gate until the test waits on them (see pytest_ipc.gate); otherwise
         # each start() lets its own workers go together.
-        self._gate = StartGate(ctx, timeout, hold=one_gate)
+        self._gate = StartGate(ctx, timeout, hold=one_gate, workdir=self._workdir)
         self.gate_overdue: str | None = None
 
     @property

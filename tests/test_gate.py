@@ -66,6 +66,13 @@ def wait_until(check, what):
             raise AssertionError(f"still waiting for {what}")
 
 
+def busy(seconds):
+    """The test at work in its own process for a while (not waiting for anyone)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
 def echo(conn):
     record()
     conn.send(conn.recv())
@@ -359,6 +366,29 @@ def test_waits_where_the_gate_cannot_see(ipc_workers, shared_value):
     ipc_workers.join()
 """
 
+# Each start() moves the gate's deadline on: 3 s of work after each of two
+# starts keeps the workers held for more than the 5 s ipc_timeout in all, and
+# the test is not reported (a start() would have to take 2 s to spoil it).
+SLOW_STARTS = """
+import time
+import pytest
+import helpers
+
+
+@pytest.mark.ipc_race(runs=1)
+@pytest.mark.ipc_timeout(5)
+def test_slow_starts(ipc_workers, shared_value):
+    first = time.monotonic()
+    ipc_workers.start(helpers.bump, args=(shared_value,), name="first")
+    helpers.busy(3)
+    ipc_workers.start(helpers.bump, args=(shared_value,), name="second")
+    helpers.busy(3)
+    assert time.monotonic() - first > 5
+    assert shared_value.value == 0  # both still held
+    ipc_workers.join()
+    assert shared_value.value == 2
+"""
+
 HUNG_TIMEOUT = """
 import time
 import pytest
@@ -452,7 +482,7 @@ def test_a_gate_that_never_opens_is_reported_naming_the_held_workers(
     run.result.stdout.fnmatch_lines(
         [
             "*RunsFailed: failed in 1 of 1 runs*",
-            "E * pytest_ipc.WorkerTimeout: the start gate was still closed *s after the first "
+            "E * pytest_ipc.WorkerTimeout: the start gate was still closed *s after the last "
             "ipc_workers.start() (ipc_timeout 2s): worker 'first-0' (pid *), worker 'second-1' (pid *) "
             "were held there, because the test had neither waited on them, talked to them nor returned; "
             "they let themselves go at the timeout.*call ipc_workers.release() before it waits",
@@ -461,6 +491,17 @@ def test_a_gate_that_never_opens_is_reported_naming_the_held_workers(
     assert len(run.pids) == 2
     # The gate's deadline, then the rest of the test; not the 20 s of wait_until.
     assert run.elapsed < 2 + 15
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_each_start_moves_the_gates_deadline_on(
+    pytester: pytest.Pytester, run_inner: Callable[..., Run], method: str
+) -> None:
+    """A test that spends longer than its ipc_timeout starting workers, but never that long idle, passes."""
+    pytester.makepyfile(test_slow=SLOW_STARTS)
+    run = run_inner(method=method)
+    run.result.assert_outcomes(passed=1)
+    assert len(run.pids) == 2
 
 
 def test_a_hung_test_body_reports_the_workers_held_at_the_gate(
@@ -473,7 +514,7 @@ def test_a_hung_test_body_reports_the_workers_held_at_the_gate(
     run.result.stdout.fnmatch_lines(
         [
             "*Failed: Timeout*",
-            "E * pytest_ipc.WorkerTimeout: the start gate was still closed *s after the first "
+            "E * pytest_ipc.WorkerTimeout: the start gate was still closed *s after the last "
             "ipc_workers.start() (ipc_timeout 1s): worker 'held-0' (pid *) was held there*",
         ]
     )
