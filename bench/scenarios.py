@@ -26,6 +26,13 @@ FANIN_PRODUCERS = 4
 FANIN_ITEMS = 25
 PING_PONG_ROUNDS = 50
 QUEUE_ITEMS = 20
+SELLERS = 6  # one seller per slot, each started by a start() call of its own
+TICKETS = 30
+TORN_WRITES = 200  # the writer's updates of the (a, b) pair
+TORN_READS = 200  # each reader's reads of it
+TORN_READERS = 2
+LOCK_ROUNDS = 20  # each worker of the lock-order pairs takes both locks this often
+LOCK_WAIT = 1.0  # how long a worker waits for its second lock before it calls it a deadlock
 
 
 class PlainLauncher:
@@ -155,6 +162,97 @@ def pong(conn: Any, rounds: int) -> None:
         conn.send(conn.recv() + 1)
 
 
+def sell(sold: Any, limit: int, slot: int) -> None:
+    """Sell until sold out: check, then act, each statement under the lock (the bug: not both)."""
+    lock = sold.get_lock()
+    while True:
+        with lock:
+            left = sold.value < limit
+        if not left:
+            return
+        with lock:
+            sold.value += 1
+
+
+def sell_locked(sold: Any, limit: int, slot: int) -> None:
+    lock = sold.get_lock()
+    while True:
+        with lock:
+            if sold.value >= limit:
+                return
+            sold.value += 1
+
+
+def write_pair(a: Any, b: Any, lock: Any, n: int) -> None:
+    """Keep a == b, updating them one after the other (the bug: no lock around the pair)."""
+    for i in range(1, n + 1):
+        a.value = i
+        b.value = i
+
+
+def write_pair_locked(a: Any, b: Any, lock: Any, n: int) -> None:
+    for i in range(1, n + 1):
+        with lock:
+            a.value = i
+            b.value = i
+
+
+def read_pair(a: Any, b: Any, lock: Any, torn: Any, n: int) -> None:
+    for _ in range(n):
+        x = a.value
+        y = b.value
+        if x != y:
+            with torn.get_lock():
+                torn.value += 1
+
+
+def read_pair_locked(a: Any, b: Any, lock: Any, torn: Any, n: int) -> None:
+    for _ in range(n):
+        with lock:
+            x = a.value
+            y = b.value
+        if x != y:
+            with torn.get_lock():
+                torn.value += 1
+
+
+def produce_items(q: Any, n: int) -> None:
+    for i in range(n):
+        q.put(i)
+
+
+def consume_until_empty(q: Any, out: Any, n: int) -> None:
+    got = 0
+    while not q.empty():  # the bug: empty() says nothing about items still on their way
+        q.get()
+        got += 1
+    out.value = got
+
+
+def consume_n(q: Any, out: Any, n: int) -> None:
+    for _ in range(n):
+        q.get(timeout=30)
+    out.value = n
+
+
+def transfer(first: Any, second: Any, src: Any, dst: Any, stuck: Any, rounds: int) -> None:
+    """Move a unit from ``src`` to ``dst`` under ``first`` then ``second``.
+
+    A second lock not had within LOCK_WAIT counts as the deadlock (a plain
+    ``with second:`` would hang the run until the timeout).
+    """
+    for _ in range(rounds):
+        with first:
+            src.value -= 1
+            if not second.acquire(timeout=LOCK_WAIT):
+                src.value += 1
+                with stuck.get_lock():
+                    stuck.value += 1
+                return
+            dst.value += 1
+            second.release()
+
+
 # -- scenarios ------------------------------------------------------------------
 
 
@@ -275,6 +373,85 @@ def manager_dict_locked(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any
     return d["n"], WORKERS * MANAGER_INCREMENTS
 
 
+# Multi-role scenarios (issue 14): the workers of each role are started by a
+# start() call of their own, as tests usually start them.
+
+
+def _sellers(ctx: Any, launch: Any, target: Callable[..., None]) -> tuple[Any, Any]:
+    sold = ctx.Value("i", 0)
+    for slot in range(SELLERS):
+        launch.start(target, args=(sold, TICKETS, slot))
+    launch.join()
+    return sold.value, TICKETS
+
+
+def sellers(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _sellers(ctx, launch, sell)
+
+
+def sellers_locked(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _sellers(ctx, launch, sell_locked)
+
+
+def _torn(ctx: Any, launch: Any, writer: Callable[..., None], reader: Callable[..., None]) -> tuple[Any, Any]:
+    a, b, lock, torn = ctx.Value("i", 0), ctx.Value("i", 0), ctx.Lock(), ctx.Value("i", 0)
+    launch.start(writer, args=(a, b, lock, TORN_WRITES))
+    launch.start(reader, args=(a, b, lock, torn, TORN_READS), count=TORN_READERS)
+    launch.join()
+    return torn.value > 0, False
+
+
+def torn_read(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _torn(ctx, launch, write_pair, read_pair)
+
+
+def torn_read_locked(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _torn(ctx, launch, write_pair_locked, read_pair_locked)
+
+
+def _producer_consumer(ctx: Any, launch: Any, consumer: Callable[..., None]) -> tuple[Any, Any]:
+    q = ctx.Queue()
+    out = ctx.Value("i", -1)
+    try:
+        launch.start(produce_items, args=(q, QUEUE_ITEMS))
+        launch.start(consumer, args=(q, out, QUEUE_ITEMS))
+        launch.join()
+        for _ in range(QUEUE_ITEMS - out.value):  # what the consumer left behind
+            q.get(timeout=10)
+    finally:
+        q.close()
+        q.join_thread()
+    return out.value, QUEUE_ITEMS
+
+
+def producer_consumer(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _producer_consumer(ctx, launch, consume_until_empty)
+
+
+def producer_consumer_counted(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _producer_consumer(ctx, launch, consume_n)
+
+
+def _lock_pairs(ctx: Any, launch: Any, inverted: bool) -> tuple[Any, Any]:
+    one, two = ctx.Lock(), ctx.Lock()
+    x, y, stuck = ctx.Value("i", 0), ctx.Value("i", 0), ctx.Value("i", 0)
+    launch.start(transfer, args=(one, two, x, y, stuck, LOCK_ROUNDS), count=2)
+    # The second pair moves units the other way: with the locks in the same
+    # order (one, then two) it cannot deadlock with the first.
+    locks = (two, one) if inverted else (one, two)
+    launch.start(transfer, args=(*locks, y, x, stuck, LOCK_ROUNDS), count=2)
+    launch.join()
+    return stuck.value > 0, False
+
+
+def lock_order_deadlock(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _lock_pairs(ctx, launch, inverted=True)
+
+
+def lock_order_same(ctx: Any, launch: Any, env: dict[str, Any]) -> tuple[Any, Any]:
+    return _lock_pairs(ctx, launch, inverted=False)
+
+
 RACY: dict[str, Callable[..., tuple[Any, Any]]] = {
     "unlocked Value counter": counter,
     "unlocked Array element": array_element,
@@ -287,6 +464,11 @@ RACY: dict[str, Callable[..., tuple[Any, Any]]] = {
     # locks of which each worker takes one.
     "counter under a lock of its own": own_lock_counter,
     "SharedMemory byte under one of two locks": shm_byte_striped,
+    # Started by separate start() calls.
+    "per-slot sellers, check then act": sellers,
+    "writer and readers apart, torn pair": torn_read,
+    "producer and consumer apart, empty()": producer_consumer,
+    "two pairs, inverted lock order": lock_order_deadlock,
 }
 RACE_FREE: dict[str, Callable[..., tuple[Any, Any]]] = {
     "locked counter": locked_counter,
@@ -296,6 +478,10 @@ RACE_FREE: dict[str, Callable[..., tuple[Any, Any]]] = {
     # Not one of issue 4's four: where code points cost most before 3.12
     # (a trace function from the first buffer access on).
     "lock-guarded SharedMemory byte": shm_byte_locked,
+    "per-slot sellers, check and act locked": sellers_locked,
+    "writer and readers apart, locked pair": torn_read_locked,
+    "producer and consumer apart, counted": producer_consumer_counted,
+    "two pairs, same lock order": lock_order_same,
 }
 ALL = {**RACY, **RACE_FREE}
 
@@ -316,4 +502,12 @@ EXPECTED: dict[str, Any] = {
     "ping-pong pipe": 2 * PING_PONG_ROUNDS,
     "lock-guarded Manager dict": WORKERS * MANAGER_INCREMENTS,
     "lock-guarded SharedMemory byte": WORKERS * SHM_INCREMENTS,
+    "per-slot sellers, check then act": TICKETS,
+    "per-slot sellers, check and act locked": TICKETS,
+    "writer and readers apart, torn pair": False,
+    "writer and readers apart, locked pair": False,
+    "producer and consumer apart, empty()": QUEUE_ITEMS,
+    "producer and consumer apart, counted": QUEUE_ITEMS,
+    "two pairs, inverted lock order": False,
+    "two pairs, same lock order": False,
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, NamedTuple, NoReturn
 
 import pytest
@@ -232,25 +232,70 @@ def ipc_workers(
     Every failure of a child (exception, exit code, signal, segfault, hang)
     becomes a test failure that names the worker; nothing outlives the test.
     """
-    from pytest_ipc.errors import WorkerError
+    from pytest_ipc.errors import WorkerError, WorkerTimeout
     from pytest_ipc.workers import IpcWorkers
 
     run = stash.current_run(request.node)
+    # In an ipc_race run every worker of the test waits at one start gate
+    # (pytest_ipc.gate), which opens at the latest when the test body returns.
+    one_gate = stash.race_key in request.node.stash
+    if one_gate:
+        _open_gate_when_the_test_returns(request.config)
     workers = IpcWorkers(
         ipc_context,
         timeout=item_timeout(request.node),
         basetemp=str(tmp_path_factory.getbasetemp()),
         seed=run.seed,
         jitter=run.jitter,
+        one_gate=one_gate,
     )
+    request.node.stash[_gate_key] = workers._gate
     try:
         yield workers
     finally:
         complaints = workers.close()
+        del request.node.stash[_gate_key]
+        # A gate that never opened is the news whatever became of the test:
+        # it is what made the test wait, or fail (reported with the call when it could be).
+        if workers.gate_overdue and not workers._gate.reported:
+            raise WorkerTimeout("\n".join([workers.gate_overdue, *complaints]))
         # Only a test that otherwise passed is blamed: after a failure or an
         # interrupt, workers left running are the consequence, not the news.
         if complaints and stash.call_passed(request.node):
             raise WorkerError("\n".join(complaints))
+
+
+_gate_key = pytest.StashKey[Any]()
+
+
+class GateHooks:
+    """Opens the start gate of an ``ipc_race`` run when the test body returns or raises.
+
+    A gate that had stayed shut until its deadline fails the call, naming the
+    workers it held: when a hang ended the test (pytest-timeout), that is
+    the report the user reads, with the hang's own error chained to it.
+    """
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+        try:
+            return (yield)
+        finally:
+            gate = pyfuncitem.stash.get(_gate_key, None)
+            if gate is not None:
+                gate.open("the test returned")
+                if gate.overdue and not gate.reported:
+                    gate.reported = True
+                    from pytest_ipc.errors import WorkerTimeout
+
+                    raise WorkerTimeout(gate.overdue)
+
+
+def _open_gate_when_the_test_returns(config: pytest.Config) -> None:
+    # Registered by the first ipc_race run that uses ipc_workers, not by the
+    # plugin: a session without one never calls it.
+    if not config.pluginmanager.has_plugin("pytest_ipc.gate"):
+        config.pluginmanager.register(GateHooks(), "pytest_ipc.gate")
 
 
 # sun_path, the longest AF_UNIX socket path: 108 bytes on Linux, 104 on macOS

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from pytest_ipc import gate
 from pytest_ipc._worker import bootstrap, shmlog
 from pytest_ipc._worker.protocol import ChildResult, ChildSpec, Stage, TargetRef, read_result, stack_path
 from pytest_ipc.errors import WorkerError, WorkerFailed, WorkerStartError, WorkerTimeout
+from pytest_ipc.gate import StartGate
 
 # How long a worker sent SIGABRT gets to write its stacks and die, and how
 # long a SIGKILLed one gets to be reaped, before we stop waiting for it.
@@ -293,7 +295,9 @@ class IpcWorkers:
     """Starts worker processes from the test's ``multiprocessing`` context.
 
     ``start(target, args=..., count=N)`` starts N workers that all wait at a
-    start barrier and begin together; ``join()`` waits for every worker
+    start barrier and begin together (in an ``ipc_race`` run, together with
+    the workers of every other ``start()``: see :mod:`pytest_ipc.gate`, and
+    :meth:`release`); ``join()`` waits for every worker
     started so far, with a timeout, and raises :class:`WorkerError` naming
     each worker that failed, crashed or hung.  Return values of the targets
     come back from ``join()`` in start order.
@@ -306,6 +310,7 @@ class IpcWorkers:
         basetemp: str | None = None,
         seed: int = 0,
         jitter: float = 0.0,
+        one_gate: bool = False,
     ) -> None:
         self._ctx = ctx
         self.timeout = timeout
@@ -314,6 +319,11 @@ class IpcWorkers:
         self._workdir = tempfile.mkdtemp(prefix="ipc-workers-", dir=basetemp)
         self.workers: list[Worker] = []
         self._closed = False
+        # one_gate (ipc_race runs): the workers of every start() wait at one
+        # gate until the test waits on them (see pytest_ipc.gate); otherwise
+        # each start() lets its own workers go together.
+        self._gate = StartGate(ctx, timeout, hold=one_gate, workdir=self._workdir)
+        self.gate_overdue: str | None = None
 
     @property
     def start_method(self) -> str:
@@ -332,7 +342,8 @@ class IpcWorkers:
         """Start ``count`` workers running ``target(*args, **kwargs)``; return them.
 
         Returns once every new worker has reached the start barrier; they are
-        then released together.
+        then released together: at once, or in an ``ipc_race`` run when the
+        run's one gate opens (see :meth:`release`).
         """
         __tracebackhide__ = True
         if self._closed:
@@ -357,7 +368,7 @@ class IpcWorkers:
         base = name or getattr(target, "__name__", "worker")
         sent_target = _target_for(target, method)
         ready_r, ready_w = self._ctx.Pipe(duplex=False)
-        go_r, go_w = self._ctx.Pipe(duplex=False)
+        go_r = self._gate.go_end()
         new: list[Worker] = []
         parent_pid = _death_watch_pid(method)
         try:
@@ -370,6 +381,7 @@ class IpcWorkers:
                     workdir=self._workdir,
                     ready=ready_w,
                     go=go_r,
+                    gate_deadline=self._gate.worker_deadline(),
                     timeout=self.timeout,
                     seed=self.seed,
                     jitter=self.jitter,
@@ -396,15 +408,30 @@ class IpcWorkers:
             # Only the children hold the write end now: once they have all
             # sent (or died) the read end sees EOF.
             ready_w.close()
-            self._await_ready(new, ready_r, target)
-            _release(go_w, len(new))
+            with gate.quiet():  # its ready pipe is not the test talking to its workers
+                self._await_ready(new, ready_r, target)
+            self._gate.let_in([w.label() for w in new])
         except BaseException:
             self._abort(new)
             raise
         finally:
-            for conn in (ready_w, ready_r, go_r, go_w):
+            for conn in (ready_w, ready_r):
                 conn.close()
         return new
+
+    def release(self) -> None:
+        """Open the start gate: the workers held there begin now, those started later at once.
+
+        Only needed in an ``ipc_race`` run whose test waits for its workers by
+        a means the gate does not see (a shared ``Value`` polled in a loop, a
+        file): ``join()``, ``fanin_queue.collect()``, a
+        blocking call on a ``multiprocessing`` object and the test returning
+        open it themselves.  Opening an open gate does nothing; outside
+        ``ipc_race`` the gate is always open.
+        """
+        if self._closed:
+            raise WorkerError("ipc_workers.release() called after teardown")
+        self._gate.open("ipc_workers.release()")
 
     def _start_failure(self, worker: Worker, target: Any, exc: BaseException) -> str:
         method = self.start_method
@@ -472,6 +499,7 @@ class IpcWorkers:
         before are waited for and reported.
         """
         __tracebackhide__ = True
+        self._gate.open("ipc_workers.join()")
         limit = self.timeout if timeout is None else timeout
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
             raise WorkerError(f"ipc_workers.join(): timeout must be a positive number of seconds, got {timeout!r}")
@@ -592,6 +620,7 @@ class IpcWorkers:
         if self._closed:
             return []
         self._closed = True
+        self.gate_overdue = self._gate.close()
         complaints = []
         unjoined = [w for w in self.workers if not w.joined]
         running = [w for w in unjoined if w.process.exitcode is None]
@@ -634,13 +663,6 @@ def _death_watch_pid(method: str) -> int | None:
     if threading.current_thread() is threading.main_thread():
         return os.getpid()
     return None
-
-
-def _release(go_w: Any, count: int) -> None:
-    """Open the start barrier: one byte for each worker of the group."""
-    data = memoryview(b"g" * count)
-    while data:
-        data = data[os.write(go_w.fileno(), data) :]
 
 
 def _drain_ready(ready_r: Any, waiting: dict[int, Worker]) -> bool:

@@ -11,10 +11,19 @@ import functools
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-from pytest_ipc._worker.protocol import ChildResult, ChildSpec, Stage, TargetRef, stack_path, write_result
+from pytest_ipc._worker.protocol import (
+    ChildResult,
+    ChildSpec,
+    Stage,
+    TargetRef,
+    read_gate_deadline,
+    stack_path,
+    write_result,
+)
 
 try:
     import resource
@@ -33,7 +42,7 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
 
     spec.ready.send(spec.index)
     spec.ready.close()
-    if not _pass_barrier(spec.go, spec.timeout):
+    if not _pass_barrier(spec.go, spec.timeout, spec.gate_deadline, spec.workdir):
         write_result(
             spec.workdir,
             spec.index,
@@ -189,15 +198,26 @@ def _prepare_process(spec: ChildSpec) -> None:
     faulthandler.enable(file=stack_file, all_threads=True)
 
 
-def _pass_barrier(go: Any, timeout: float) -> bool:
+def _pass_barrier(go: Any, timeout: float, gate_deadline: float | None = None, workdir: str = "") -> bool:
     """Wait for the parent's go byte: one byte per worker on a shared pipe.
 
     Not a multiprocessing Event: a worker killed while waiting on one leaves
     its Condition counting a sleeper that never wakes, and the parent's
     ``set()`` then blocks forever.  A byte nobody reads harms no one.
+
+    At an ``ipc_race`` run's gate (``gate_deadline`` given) a worker that is
+    still held at the deadline, as the parent last moved it, goes on by
+    itself: the parent reports the gate that never opened (see
+    :mod:`pytest_ipc.gate`).
     """
     try:
-        if not go.poll(timeout):
+        if gate_deadline is not None:
+            while not go.poll(max(0.0, gate_deadline - time.monotonic())):
+                moved = read_gate_deadline(workdir)
+                if moved is None or moved <= gate_deadline:
+                    return True
+                gate_deadline = moved
+        elif not go.poll(timeout):
             return False
         return os.read(go.fileno(), 1) == b"g"  # b"" at EOF: the parent gave up
     finally:

@@ -59,6 +59,7 @@ class ChildSpec:
         jitter: float,
         parent_pid: int | None = None,
         shm_log: tuple[str, int] | None = None,
+        gate_deadline: float | None = None,
     ) -> None:
         self.name = name
         self.index = index
@@ -74,6 +75,12 @@ class ChildSpec:
         # Where to note the SharedMemory segments this worker creates, and the
         # test process's pid (see shmlog); None outside a leak-checked test.
         self.shm_log = shm_log
+        # In an ipc_race run, until when (time.monotonic(), the same clock in
+        # every process) the worker waits at the run's one start gate before
+        # it lets itself go, unless the parent has moved that deadline on
+        # since (each start() does: see write_gate_deadline); None: it fails
+        # after ``timeout`` at its barrier.
+        self.gate_deadline = gate_deadline
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled (spawn, forkserver) before the target's arguments: patch
@@ -89,7 +96,7 @@ class Stage(enum.Enum):
     """How far a worker got: where it failed, or ``DONE``."""
 
     LOAD = "load"  # finding or importing its target
-    BARRIER = "barrier"  # waiting at the start barrier
+    BARRIER = "barrier"  # waiting at the start barrier (or gate)
     RUN = "run"  # running its target, which raised
     RETURN = "return"  # sending back the value its target returned
     DONE = "done"  # its target returned, and the value is here
@@ -119,6 +126,27 @@ def stack_path(workdir: str, index: int) -> str:
 
 def result_path(workdir: str, index: int) -> str:
     return os.path.join(workdir, f"worker-{index}.result")
+
+
+def gate_deadline_path(workdir: str) -> str:
+    return os.path.join(workdir, "gate-deadline")
+
+
+def write_gate_deadline(workdir: str, deadline: float) -> None:
+    """Move the start gate's deadline (``time.monotonic()``) for the workers held there."""
+    path = gate_deadline_path(workdir)
+    with open(path + ".tmp", "w") as f:
+        f.write(repr(deadline))
+    os.replace(path + ".tmp", path)
+
+
+def read_gate_deadline(workdir: str) -> float | None:
+    """The start gate's deadline as the parent last moved it; None if it wrote none."""
+    try:
+        with open(gate_deadline_path(workdir)) as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def write_result(workdir: str, index: int, result: ChildResult) -> None:
