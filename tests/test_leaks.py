@@ -52,13 +52,26 @@ def make_segment(unlink):
 
 
 def tracker_of_new_segment():
-    """The pid of the resource tracker this process's segments are registered with."""
+    """The resource tracker this process's segments are registered with: the pipe to it, or None.
+
+    The pipe, not the tracker's pid: from Python 3.14 a fork child that
+    keeps its parent's tracker forgets the pid (it cannot wait for it), and
+    keeps the pipe.
+    """
     from multiprocessing import resource_tracker, shared_memory
 
     shm = shared_memory.SharedMemory(create=True, size=16)
     shm.close()
     shm.unlink()
-    return resource_tracker._resource_tracker._pid
+    return tracker_pipe()
+
+
+def tracker_pipe():
+    """The pipe to this process's resource tracker (Linux: "pipe:[inode]"), or None."""
+    from multiprocessing import resource_tracker
+
+    fd = resource_tracker._resource_tracker._fd
+    return None if fd is None else os.readlink(f"/proc/self/fd/{fd}")
 
 
 def make_segment_amplified(record="amplified.txt"):
@@ -575,14 +588,13 @@ def test_fork_workers_share_the_test_processs_resource_tracker(pytester: pytest.
     """
     pytester.makepyfile(
         """
-        from multiprocessing import resource_tracker
         import helpers
 
         def test_first(ipc_workers):
             ipc_workers.start(helpers.tracker_of_new_segment)
             (child_tracker,) = ipc_workers.join()
             assert child_tracker is not None
-            assert child_tracker == resource_tracker._resource_tracker._pid
+            assert child_tracker == helpers.tracker_pipe()
         """
     )
     inner("--ipc-start-method=fork").assert_outcomes(passed=1)
