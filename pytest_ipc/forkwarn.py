@@ -73,8 +73,9 @@ class ForkWarnings:
                 continue
             if not _shown(w) or self.warned:
                 continue
-            self.warned = True
+            # Marked once it was warned: a filter that makes it an error raises it at every fork.
             _warn_at_caller(ForkWarning(message(other_threads())))
+            self.warned = True
 
 
 _warnings_key = pytest.StashKey[ForkWarnings]()

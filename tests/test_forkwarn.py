@@ -116,3 +116,13 @@ def test_under_xdist_each_worker_warns_once(pytester: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert PYTHON_FORK_WARNING.findall(out) == []
     assert 1 <= out.count("ForkWarning: pytest-ipc started worker processes by fork") <= 2
+
+
+def test_a_filter_that_makes_the_forkwarning_an_error_fails_every_forking_start(pytester: pytest.Pytester) -> None:
+    """-W error::pytest_ipc.ForkWarning: each start that forks with a thread alive fails, naming the warning."""
+    result = _run(pytester, "-W", "error::pytest_ipc.ForkWarning")
+    result.assert_outcomes(failed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*WorkerStartError: could not start 'give-0' under 'fork': ForkWarning: pytest-ipc started worker processes*"]
+    )
+    assert PYTHON_FORK_WARNING.findall(result.stdout.str()) == []
