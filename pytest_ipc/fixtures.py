@@ -362,7 +362,11 @@ def ipc_manager(
     try:
         from pytest_ipc import forkwarn
 
-        manager, server = _start_manager(ipc_context, address, forkwarn.for_config(request.config).warn_again)
+        # A fixture's fork has no line of the test's own to point at: the test's definition.
+        _, lineno, _ = request.node.location
+        at = (str(request.node.path), (lineno or 0) + 1)
+        fork_warnings = forkwarn.for_config(request.config)
+        manager, server = _start_manager(ipc_context, address, lambda warned: fork_warnings.warn_again(warned, at))
         try:
             yield manager
         finally:

@@ -62,10 +62,12 @@ class ForkWarnings:
     def __init__(self) -> None:
         self.warned = False
 
-    def warn_again(self, warned: Iterable[warnings.WarningMessage]) -> None:
+    def warn_again(self, warned: Iterable[warnings.WarningMessage], at: tuple[str, int] | None = None) -> None:
         """Warn again what a fork of pytest-ipc's warned, Python's fork warnings as one ``ForkWarning``.
 
-        Raises what a warning filter makes of a warning, as a plain warning would.
+        The ``ForkWarning`` points at ``at`` (file, line), else at the code
+        that called into pytest-ipc.  Raises what a warning filter makes of a
+        warning, as a plain warning would.
         """
         for w in warned:
             if not is_fork_warning(w):
@@ -74,7 +76,11 @@ class ForkWarnings:
             if not _shown(w) or self.warned:
                 continue
             # Marked once it was warned: a filter that makes it an error raises it at every fork.
-            _warn_at_caller(ForkWarning(message(other_threads())))
+            warning = ForkWarning(message(other_threads()))
+            if at is None:
+                _warn_at_caller(warning)
+            else:
+                warnings.warn_explicit(warning, ForkWarning, *at)
             self.warned = True
 
 

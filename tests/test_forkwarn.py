@@ -126,3 +126,12 @@ def test_a_filter_that_makes_the_forkwarning_an_error_fails_every_forking_start(
         ["*WorkerStartError: could not start 'give-0' under 'fork': ForkWarning: pytest-ipc started worker processes*"]
     )
     assert PYTHON_FORK_WARNING.findall(result.stdout.str()) == []
+
+
+def test_a_manager_forked_first_warns_at_the_test(pytester: pytest.Pytester) -> None:
+    """The warning of an ipc_manager's fork points at the test's definition, not into pytest's fixture code."""
+    result = _run(pytester, "-k", "manager")
+    result.assert_outcomes(passed=1, deselected=3, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["test_threaded.py::test_manager", "  *test_threaded.py:37: ForkWarning: pytest-ipc started*"]
+    )
