@@ -38,14 +38,24 @@ def is_fork_warning(w: warnings.WarningMessage) -> bool:
 
 
 def other_threads() -> list[str]:
-    """The names of this process's Python threads other than the calling one."""
+    """The other threads of this process: the names of Python's, and how many have none.
+
+    A thread started with ``_thread`` or by C code (pytest-xdist's workers
+    run one) is not in ``threading.enumerate()``; Linux still counts it.
+    """
     current = threading.current_thread()
-    return [t.name for t in threading.enumerate() if t is not current]
+    names = [repr(t.name) for t in threading.enumerate() if t is not current]
+    try:
+        unnamed = len(os.listdir("/proc/self/task")) - 1 - len(names)
+    except OSError:  # not Linux
+        unnamed = 0
+    if unnamed > 0:
+        names.append(f"{unnamed} not started by Python's threading module")
+    return names
 
 
 def message(threads: Iterable[str]) -> str:
-    names = ", ".join(repr(name) for name in threads)
-    running = f"other threads ({names})" if names else "other threads (none of them started by Python's threading)"
+    running = f"other threads ({', '.join(threads) or 'unknown'})"
     return (
         f"pytest-ipc started worker processes by fork while this process ran {running}. A fork child "
         "gets a copy of the forking thread only, and can deadlock on a lock one of the others held. "
