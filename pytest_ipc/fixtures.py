@@ -319,11 +319,18 @@ def _start_manager(ctx: Any, address: Any, warn_again: Callable[[list[Any]], Non
         # The server creates its socket under a umask that leaves no group or
         # other bits, whatever the test process's umask.
         manager.start(initializer=os.umask, initargs=(0o077,))
+    error: Warning | None = None
     try:
         warn_again(warned)
-    except Warning:
+    except Warning as exc:  # a filter made the fork's warning an error: the server must not outlive it
+        error = exc
+    if error is not None:
         manager.shutdown()
-        raise
+        pytest.fail(
+            f"ipc_manager: could not start the Manager under {ctx.get_start_method()!r}: "
+            f"{type(error).__name__}: {error}",
+            pytrace=False,
+        )
     prefix = f"{type(manager).__name__}-"
     servers = [p for p in multiprocessing.active_children() if p not in before and p.name.startswith(prefix)]
     if len(servers) != 1:
