@@ -18,6 +18,7 @@ pytest_plugins = ["pytest_ipc.plugin"]
 # Every name the documentation calls pytest_ipc.X (tests/test_layout.py
 # walks the docs and checks each is here, importable and picklable).
 _EXPORTS = {
+    "ForkWarning": "pytest_ipc.errors",
     "LeakError": "pytest_ipc.errors",
     "LeakWarning": "pytest_ipc.errors",
     "RaceDetected": "pytest_ipc.errors",

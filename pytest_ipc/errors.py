@@ -15,6 +15,7 @@ import pytest
 Failed = pytest.fail.Exception
 
 __all__ = [
+    "ForkWarning",
     "LeakError",
     "LeakWarning",
     "RaceDetected",
@@ -76,6 +77,15 @@ class LeakWarning(UserWarning):
     """What :class:`LeakError` reports, as a warning (``--ipc-leak-check=warn``)."""
 
 
+class ForkWarning(DeprecationWarning):
+    """pytest-ipc forked workers while the test process ran other threads (Python 3.12+).
+
+    Given once per session in place of Python's own ``DeprecationWarning``
+    at each of those forks (see forkwarn.py).  A ``DeprecationWarning``, so
+    the filters that silence or show Python's warning do the same to it.
+    """
+
+
 class Terminated(KeyboardInterrupt):
     """pytest received SIGTERM while a pytest-ipc test ran.
 
@@ -97,6 +107,7 @@ for _cls in (
     RaceDetected,
     LeakError,
     LeakWarning,
+    ForkWarning,
     Terminated,
 ):
     _cls.__module__ = "pytest_ipc"

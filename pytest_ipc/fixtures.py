@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple, NoReturn
 
 import pytest
@@ -232,6 +232,7 @@ def ipc_workers(
     Every failure of a child (exception, exit code, signal, segfault, hang)
     becomes a test failure that names the worker; nothing outlives the test.
     """
+    from pytest_ipc import forkwarn
     from pytest_ipc.errors import WorkerError, WorkerTimeout
     from pytest_ipc.workers import IpcWorkers
 
@@ -248,6 +249,7 @@ def ipc_workers(
         seed=run.seed,
         jitter=run.jitter,
         one_gate=one_gate,
+        warn_again=forkwarn.for_config(request.config).warn_again,
     )
     request.node.stash[_gate_key] = workers._gate
     try:
@@ -342,9 +344,14 @@ def _manager_address(basetemp: str) -> tuple[Any, str | None]:
     )
 
 
-def _start_manager(ctx: Any, address: Any) -> tuple[Any, Any]:
-    """Start a ``SyncManager`` of ``ctx`` at ``address``; return it and its server process."""
+def _start_manager(ctx: Any, address: Any, warn_again: Callable[[list[Any]], None]) -> tuple[Any, Any]:
+    """Start a ``SyncManager`` of ``ctx`` at ``address``; return it and its server process.
+
+    Under fork what the fork warned is warned again with ``warn_again``
+    once the server runs, so that a filter that makes it an error ends it.
+    """
     import multiprocessing
+    import warnings
     from multiprocessing.managers import SyncManager
 
     # No authkey of its own: a proxy that arrives through a Queue or Pipe, or
@@ -352,9 +359,23 @@ def _start_manager(ctx: Any, address: Any) -> tuple[Any, Any]:
     # key, so a per-manager key would make those proxies fail to connect.
     manager = SyncManager(address=address, ctx=ctx)
     before = set(multiprocessing.active_children())
-    # The server creates its socket under a umask that leaves no group or
-    # other bits, whatever the test process's umask.
-    manager.start(initializer=os.umask, initargs=(0o077,))
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        # The server creates its socket under a umask that leaves no group or
+        # other bits, whatever the test process's umask.
+        manager.start(initializer=os.umask, initargs=(0o077,))
+    error: Warning | None = None
+    try:
+        warn_again(warned)
+    except Warning as exc:  # a filter made the fork's warning an error: the server must not outlive it
+        error = exc
+    if error is not None:
+        manager.shutdown()
+        pytest.fail(
+            f"ipc_manager: could not start the Manager under {ctx.get_start_method()!r}: "
+            f"{type(error).__name__}: {error}",
+            pytrace=False,
+        )
     prefix = f"{type(manager).__name__}-"
     servers = [p for p in multiprocessing.active_children() if p not in before and p.name.startswith(prefix)]
     if len(servers) != 1:
@@ -378,7 +399,9 @@ def _stop_manager(manager: Any, server: Any) -> str | None:
 
 
 @pytest.fixture
-def ipc_manager(ipc_context: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def ipc_manager(
+    request: pytest.FixtureRequest, ipc_context: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """A started ``SyncManager`` of the test's start method; shut down, its process gone, at teardown.
 
     It listens on an AF_UNIX socket that only the current user can open
@@ -389,7 +412,13 @@ def ipc_manager(ipc_context: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     """
     address, directory = _manager_address(str(tmp_path_factory.getbasetemp()))
     try:
-        manager, server = _start_manager(ipc_context, address)
+        from pytest_ipc import forkwarn
+
+        # A fixture's fork has no line of the test's own to point at: the test's definition.
+        _, lineno, _ = request.node.location
+        at = (str(request.node.path), (lineno or 0) + 1)
+        fork_warnings = forkwarn.for_config(request.config)
+        manager, server = _start_manager(ipc_context, address, lambda warned: fork_warnings.warn_again(warned, at))
         try:
             yield manager
         finally:

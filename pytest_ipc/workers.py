@@ -311,8 +311,11 @@ class IpcWorkers:
         seed: int = 0,
         jitter: float = 0.0,
         one_gate: bool = False,
+        warn_again: Callable[[list[warnings.WarningMessage]], None] | None = None,
     ) -> None:
         self._ctx = ctx
+        # What to do with the warnings a fork gave (forkwarn.ForkWarnings.warn_again: one per session).
+        self._warn_again = warn_again or _warn_again
         self.timeout = timeout
         self.seed = seed
         self.jitter = jitter
@@ -402,7 +405,7 @@ class IpcWorkers:
                 self.workers.append(worker)
                 new.append(worker)
                 try:
-                    _warn_again(warned)  # now that the child is ours to end if a filter makes it an error
+                    self._warn_again(warned)  # now that the child is ours to end if a filter makes it an error
                 except Warning as exc:
                     raise WorkerStartError(self._start_failure(worker, target, exc)) from None
             # Only the children hold the write end now: once they have all

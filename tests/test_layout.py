@@ -93,8 +93,18 @@ def test_a_leak_warning_under_xdist_reaches_the_controller(pytester: pytest.Pyte
     module and name, so the class must be ``pytest_ipc.LeakWarning`` there.
     """
     pytester.makepyfile(test_leaky=LEAKY)
+    # The test's own fork warns too, from Python 3.12, when the xdist worker
+    # runs a thread (pytest-rerunfailures starts one in every xdist process).
     result = pytester.runpytest_subprocess(
-        "-p", "pytest_ipc", "-n", "2", "--ipc-leak-check=warn", "--ipc-start-method=fork", timeout=120
+        "-p",
+        "pytest_ipc",
+        "-n",
+        "2",
+        "--ipc-leak-check=warn",
+        "--ipc-start-method=fork",
+        "-W",
+        "ignore:This process:DeprecationWarning",
+        timeout=120,
     )
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     result.assert_outcomes(passed=1, warnings=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,11 @@ def quick():
     pass
 
 
-def make_segment(unlink):
+def make_segment(unlink, **kwargs):
     """Create a segment in this worker; leak it unless ``unlink``."""
     from multiprocessing import shared_memory
 
-    shm = shared_memory.SharedMemory(create=True, size=64)
+    shm = shared_memory.SharedMemory(create=True, size=64, **kwargs)
     note("shm", shm.name)
     shm.close()  # unmaps it; only unlink() removes it
     if unlink:
@@ -52,13 +53,26 @@ def make_segment(unlink):
 
 
 def tracker_of_new_segment():
-    """The pid of the resource tracker this process's segments are registered with."""
+    """The resource tracker this process's segments are registered with: the pipe to it, or None.
+
+    The pipe, not the tracker's pid: from Python 3.14 a fork child that
+    keeps its parent's tracker forgets the pid (it cannot wait for it), and
+    keeps the pipe.
+    """
     from multiprocessing import resource_tracker, shared_memory
 
     shm = shared_memory.SharedMemory(create=True, size=16)
     shm.close()
     shm.unlink()
-    return resource_tracker._resource_tracker._pid
+    return tracker_pipe()
+
+
+def tracker_pipe():
+    """The pipe to this process's resource tracker (Linux: "pipe:[inode]"), or None."""
+    from multiprocessing import resource_tracker
+
+    fd = resource_tracker._resource_tracker._fd
+    return None if fd is None else os.readlink(f"/proc/self/fd/{fd}")
 
 
 def make_segment_amplified(record="amplified.txt"):
@@ -250,6 +264,46 @@ def test_each_leak_fails_its_test_naming_it(pytester: pytest.Pytester, inner, me
     result.stdout.fnmatch_lines(["*test_pipe_never_closed left 2 thing(s) behind*"])
     # The reports are the plugin's message, not a traceback from inside it.
     result.stdout.no_fnmatch_line("*pytest_ipc/leaks.py*")
+
+
+UNTRACKED = """
+from multiprocessing import shared_memory
+
+import helpers
+
+
+def test_untracked_segment_never_unlinked(ipc_context):
+    shm = shared_memory.SharedMemory(create=True, size=64, track=False)
+    helpers.note("shm", shm.name)
+    shm.close()
+
+
+def test_untracked_segment_unlinked(ipc_context):
+    shm = shared_memory.SharedMemory(create=True, size=64, track=False)
+    helpers.note("shm", shm.name)
+    shm.close()
+    shm.unlink()
+
+
+def test_untracked_segment_a_worker_never_unlinked(ipc_workers):
+    ipc_workers.start(helpers.make_segment, args=(False,), kwargs={"track": False})
+    ipc_workers.join()
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="SharedMemory(track=False) is new in Python 3.13")
+def test_an_untracked_segment_left_behind_is_a_leak(pytester: pytest.Pytester, inner) -> None:
+    """SharedMemory(track=False) has no resource-tracker registration to be seen by: it is noted as it is made."""
+    pytester.makepyfile(test_untracked=UNTRACKED)
+    result = inner()
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_untracked_segment_never_unlinked left 1 thing(s) behind*",
+            "*test_untracked_segment_a_worker_never_unlinked left 1 thing(s) behind*",
+        ]
+    )
+    assert result.stdout.str().count("SharedMemory never unlinked") >= 2
 
 
 # A process the test starts itself, not through ipc_workers, under the test's
@@ -575,14 +629,13 @@ def test_fork_workers_share_the_test_processs_resource_tracker(pytester: pytest.
     """
     pytester.makepyfile(
         """
-        from multiprocessing import resource_tracker
         import helpers
 
         def test_first(ipc_workers):
             ipc_workers.start(helpers.tracker_of_new_segment)
             (child_tracker,) = ipc_workers.join()
             assert child_tracker is not None
-            assert child_tracker == resource_tracker._resource_tracker._pid
+            assert child_tracker == helpers.tracker_pipe()
         """
     )
     inner("--ipc-start-method=fork").assert_outcomes(passed=1)

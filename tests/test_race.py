@@ -7,11 +7,16 @@ Every test writes a small test module and runs a real pytest session on it
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shlex
 from typing import Any
 
 import pytest
+
+# The start method of a session that names none, which these tests accept:
+# the platform's default (on Linux fork before Python 3.14, forkserver from 3.14).
+DEFAULT_METHOD = multiprocessing.get_start_method()
 
 # The seed's counter, unlocked and locked, as users write it.  Worker targets
 # live at module level so the scenario is the same under every start method.
@@ -137,7 +142,7 @@ def test_seed_counter_races_and_locked_counter_passes(pytester: pytest.Pytester)
     seed = session_seed(result)
     result.stdout.fnmatch_lines(
         [
-            f"RaceDetected: totals differ across 20 runs (start method fork, seed {seed}, jitter low)",
+            f"RaceDetected: totals differ across 20 runs (start method {DEFAULT_METHOD}, seed {seed}, jitter low)",
             "  total   runs",
             f'rerun: pytest -p pytest_ipc "test_counter.py::test_counter" --ipc-seed={seed}*',
         ]
@@ -359,7 +364,7 @@ def test_some_runs_failing_is_a_race(pytester: pytest.Pytester) -> None:
     seed = session_seed(result)
     result.stdout.fnmatch_lines(
         [
-            f"RaceDetected: failed in 1 of 5 runs (start method fork, seed {seed}, jitter low)",
+            f"RaceDetected: failed in 1 of 5 runs (start method {DEFAULT_METHOD}, seed {seed}, jitter low)",
             "                  outcome   runs",
             "                   'fine'      4",
             "  failed (AssertionError)      1",
@@ -430,7 +435,7 @@ def test_json_report(pytester: pytest.Pytester) -> None:
         "test_recorded.py::test_wrong": (3, 1, [["3", 3]], "unexpected"),
         "test_recorded.py::test_unhashable": (3, 1, [["failed (UnhashableOutcome)", 3]], "failed"),
     }
-    assert all(t["seed"] == report["seed"] and t["start_method"] == "fork" for t in tests.values())
+    assert all(t["seed"] == report["seed"] and t["start_method"] == DEFAULT_METHOD for t in tests.values())
     assert not list(pytester.path.glob("out/*.tmp"))
 
 
@@ -480,7 +485,7 @@ def test_xdist_controller_reports_once(pytester: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert out.count("ipc race report") == 1
     assert {"[gw0]", "[gw1]"} <= set(re.findall(r"\[gw\d\]", out))
-    result.stdout.fnmatch_lines([f"RaceDetected: totals differ across * runs (start method fork, seed {seed}, *"])
+    result.stdout.fnmatch_lines([f"RaceDetected: totals differ across * runs (start method {DEFAULT_METHOD}, seed {seed}, *"])
     for nodeid, verdict in [
         ("test_counter.py::test_counter", "RACE"),
         ("test_counter.py::test_locked", "passed"),

@@ -9,11 +9,16 @@ histograms into one verdict per test.  Most tests record the run index with
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shlex
 from typing import Any
 
 import pytest
+
+# The start method of a session that names none, which these tests accept:
+# the platform's default (on Linux fork before Python 3.14, forkserver from 3.14).
+DEFAULT_METHOD = multiprocessing.get_start_method()
 
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
 
@@ -140,7 +145,7 @@ def test_race_no_shard_sees_fails_the_session(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         [
             "test_rec.py::test_recorded: every shard passed, but together they disagree",
-            f"RaceDetected: outcomes differ across 10 runs of 2 shards (start method fork, seed {seed}, jitter low)",
+            f"RaceDetected: outcomes differ across 10 runs of 2 shards (start method {DEFAULT_METHOD}, seed {seed}, jitter low)",
             "  outcome   runs",
             "        0      5",
             "        1      5",
@@ -161,7 +166,7 @@ def test_race_no_shard_sees_fails_the_session(pytester: pytest.Pytester) -> None
     again.stdout.fnmatch_lines(
         [
             # Unsharded, runs 0 and 1 disagree: it stops soon after (tests/test_stop.py).
-            f"RaceDetected: outcomes differ across * runs (start method fork, seed {seed}, jitter low)",
+            f"RaceDetected: outcomes differ across * runs (start method {DEFAULT_METHOD}, seed {seed}, jitter low)",
             "        0      *",
             "        1      *",
         ]

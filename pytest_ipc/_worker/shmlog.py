@@ -1,13 +1,15 @@
-"""The SharedMemory segments that child processes create during a test.
+"""The SharedMemory segments that child processes, or untracked ones, create during a test.
 
 The leak check sees the segments the test's own process creates through
 multiprocessing's resource-tracker registration; a segment that a worker
-creates is registered from the worker, out of the test process's sight.  So,
-while a test runs, ``SharedMemory.__init__`` notes every segment it creates
-in a process other than the test's, one name a line, appended to a file
-under pytest's basetemp (a child's memory dies with it; an ``O_APPEND`` write
-this short is never interleaved).  At teardown the test process reads the
-file, and a noted segment still in /dev/shm is a leak of that test.
+creates is registered from the worker, out of the test process's sight, and
+one made with ``SharedMemory(track=False)`` (Python 3.13+) is not registered
+at all.  So, while a test runs, ``SharedMemory.__init__`` notes every segment
+it creates in a process other than the test's, and every untracked one, one
+name a line, appended to a file under pytest's basetemp (a child's memory
+dies with it; an ``O_APPEND`` write this short is never interleaved).  At
+teardown the test process reads the file, and a noted segment still in
+/dev/shm is a leak of that test.
 
 Reach: processes forked from the test process while it runs inherit the
 patch, and so do their own fork children; ``ipc_workers``' spawn and
@@ -81,9 +83,11 @@ def follow(path: str, owner: int) -> None:
     _install()
 
 
-def _note(name: str) -> None:
+def _note(name: str, tracked: bool) -> None:
     path = _path
-    if path is None or os.getpid() == _owner:
+    # The test process's own segments are seen by their registration with the
+    # resource tracker, but for SharedMemory(track=False) (3.13+), which has none.
+    if path is None or (tracked and os.getpid() == _owner):
         return
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -138,7 +142,7 @@ def _patch_init(module: ModuleType) -> None:
     ) -> None:
         original(self, name, create, size, *args, **kwargs)
         if create:
-            _note(self.name)
+            _note(self.name, getattr(self, "_track", True))
 
     __init__.__wrapped__ = original  # type: ignore[attr-defined]  # for introspection, as functools.wraps does
     module.SharedMemory.__init__ = __init__
