@@ -485,7 +485,9 @@ def test_xdist_controller_reports_once(pytester: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert out.count("ipc race report") == 1
     assert {"[gw0]", "[gw1]"} <= set(re.findall(r"\[gw\d\]", out))
-    result.stdout.fnmatch_lines([f"RaceDetected: totals differ across * runs (start method {DEFAULT_METHOD}, seed {seed}, *"])
+    result.stdout.fnmatch_lines(
+        [f"RaceDetected: totals differ across * runs (start method {DEFAULT_METHOD}, seed {seed}, *"]
+    )
     for nodeid, verdict in [
         ("test_counter.py::test_counter", "RACE"),
         ("test_counter.py::test_locked", "passed"),
