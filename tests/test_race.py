@@ -6,13 +6,12 @@ Every test writes a small test module and runs a real pytest session on it
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import re
 import shlex
-from typing import Any
 
 import pytest
+from sessions import load_report, report_line, run, session_seed
 
 # The start method of a session that names none, which these tests accept:
 # the platform's default (on Linux fork before Python 3.14, forkserver from 3.14).
@@ -84,21 +83,8 @@ def test_plain():
     pass
 """
 
-SEED_RE = re.compile(r"^pytest-ipc: seed (\d+),", re.MULTILINE)
 RERUN_RE = re.compile(r"^rerun: (pytest .*)$", re.MULTILINE)
 FIRST_FAILURE_RE = re.compile(r"^first failure \(run (\d+), seed (\d+)\):$", re.MULTILINE)
-
-
-def run(pytester: pytest.Pytester, *args: str, timeout: float = 120) -> pytest.RunResult:
-    """A pytest session in a subprocess, with the plugin, bounded by ``timeout``."""
-    return pytester.runpytest_subprocess("-p", "pytest_ipc", *args, timeout=timeout)
-
-
-def session_seed(result: pytest.RunResult) -> int:
-    """The session seed printed in the report header."""
-    match = SEED_RE.search(result.stdout.str())
-    assert match, result.stdout.str()
-    return int(match.group(1))
 
 
 def histogram_after(lines: list[str], headline: str) -> list[tuple[str, int]]:
@@ -112,22 +98,6 @@ def histogram_after(lines: list[str], headline: str) -> list[tuple[str, int]]:
             break
         rows.append((match.group(1), int(match.group(2))))
     return rows
-
-
-def report_line(result: pytest.RunResult, nodeid: str) -> re.Match[str]:
-    """The ``ipc race report`` line of ``nodeid``: runs, distinct outcomes, verdict."""
-    section = result.stdout.str().split("ipc race report", 1)[1]
-    match = re.search(
-        rf"^{re.escape(nodeid)}\s+(\d+) runs\s+(\d+) outcomes?\s+(\S.*?)\s+[\d.]+s$", section, re.MULTILINE
-    )
-    assert match, section
-    return match
-
-
-def load_report(pytester: pytest.Pytester, name: str = "report.json") -> dict[str, Any]:
-    """The ``--ipc-report`` JSON file of the session."""
-    with open(pytester.path / name) as f:
-        return json.load(f)  # type: ignore[no-any-return]
 
 
 # -- verdicts -----------------------------------------------------------------
