@@ -280,6 +280,7 @@ class GateHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+        __tracebackhide__ = True  # the failure is the test's: show its frames, not this hook's
         try:
             return (yield)
         finally:

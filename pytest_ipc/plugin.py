@@ -195,6 +195,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if workerinput is None:
         config.pluginmanager.register(RaceReporter(config, cfg.seed, cfg.report_path), "pytest_ipc.report")
+        if cfg.shards > 1:
+            from pytest_ipc.race.progress import CampaignTotal
+
+            config.pluginmanager.register(CampaignTotal(config), "pytest_ipc.campaign_total")
     # "xdist.plugin" when loaded with -p xdist.plugin and plugin autoload off.
     if config.pluginmanager.hasplugin("xdist") or config.pluginmanager.hasplugin("xdist.plugin"):
         config.pluginmanager.register(XdistHooks(), "pytest_ipc.xdist")

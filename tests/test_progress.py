@@ -71,3 +71,11 @@ def test_no_progress_line_off_a_terminal_or_under_quiet(
     out = session_output(pytester, tty, *args)
     assert "1 passed" in out, out
     assert "[ipc_race: " not in out and "\0337" not in out, out
+
+
+def test_the_xdist_controller_shows_a_sharded_campaigns_total(pytester: pytest.Pytester) -> None:
+    out = session_output(pytester, True, "-n", "2", "--ipc-shards=4")
+    assert "4 passed" in out, out
+    # One update per shard as its report reaches the controller; the last one says all four.
+    assert "[test_long.py::test_long: 4 of 4 shards, 30 runs, no race so far]" in out, out
+    assert "\0337 [test_long.py::test_long: 1 of 4 shards, " in out, out

@@ -37,6 +37,7 @@ class RaceHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True  # a run's failure is the test's: show its frames, not this hook's
         run = item.stash.get(stash.run_key, None)
         if run is None or not is_race(item):
             return (yield)
