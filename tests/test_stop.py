@@ -57,7 +57,7 @@ def test_always_fails():
 
 # Each scenario's runs are a few milliseconds, far below the histogram's time
 # allowance, so the run count only falls short of proof + HISTOGRAM_RUNS if
-# the machine stalls for half a second: the tests accept anything from the
+# the machine stalls for a quarter of a second: the tests accept anything from the
 # proof to that bound.
 ALLOWANCE = HISTOGRAM_RUNS
 

@@ -28,9 +28,11 @@ from pytest_ipc.race.verdict import Kind, Proof, RaceResult, RunRecord, Verdict
 # Once the verdict is certain (see verdict.Proof), at most this many more runs
 # start, for the histogram, and none later than this many seconds after the
 # proof: enough to show the spread of a race's outcomes, not enough to cost
-# the user seconds (a spawn run of nine workers takes about 0.3 s here).
+# the user seconds.  Measured (bench/peers.py, the tutorial's 9 x 50 counter,
+# 2 cores): a run takes about 30 ms under fork and 55 ms under forkserver, so
+# all 3 fit in the time; under spawn it takes about 0.35 s, so one more runs.
 HISTOGRAM_RUNS = 3
-HISTOGRAM_SECONDS = 0.5
+HISTOGRAM_SECONDS = 0.25
 
 
 @dataclass
