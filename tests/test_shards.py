@@ -15,6 +15,7 @@ import shlex
 from typing import Any
 
 import pytest
+from sessions import run, session_seed
 
 # The start method of a session that names none, which these tests accept:
 # the platform's default (on Linux fork before Python 3.14, forkserver from 3.14).
@@ -72,12 +73,6 @@ def test_split(ipc_outcome, request):
 """
 
 RERUN_RE = re.compile(r"^rerun: (pytest .*)$", re.MULTILINE)
-SEED_RE = re.compile(r"^pytest-ipc: seed (\d+),", re.MULTILINE)
-
-
-def run(pytester: pytest.Pytester, *args: str, timeout: float = 120) -> pytest.RunResult:
-    """A pytest session in a subprocess, with the plugin, bounded by ``timeout``."""
-    return pytester.runpytest_subprocess("-p", "pytest_ipc", "-p", "no:cacheprovider", *args, timeout=timeout)
 
 
 def recorded(pytester: pytest.Pytester, runs: int, outcome: str) -> None:
@@ -141,7 +136,7 @@ def test_race_no_shard_sees_fails_the_session(pytester: pytest.Pytester) -> None
     result = run(pytester, "--ipc-shards=2", "--ipc-report=report.json")
     result.assert_outcomes(passed=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    seed = int(SEED_RE.search(result.stdout.str()).group(1))  # type: ignore[union-attr]
+    seed = session_seed(result)
     result.stdout.fnmatch_lines(
         [
             "test_rec.py::test_recorded: every shard passed, but together they disagree",
