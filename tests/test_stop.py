@@ -243,3 +243,36 @@ def test_the_tutorial_counter_stops_long_before_its_last_run(pytester: pytest.Py
     entry = report_tests(pytester)["test_counter.py::test_counter"]
     assert entry["verdict"] == "race" and 2 <= entry["runs"] < 190, entry
     assert entry["stopped_early"].startswith("runs ") and "disagree" in entry["stopped_early"], entry
+
+
+def test_only_the_first_failed_runs_traceback_is_formatted(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later run's failure keeps its exception type, not a traceback nobody is shown (it costs ~20 ms a run)."""
+    pytester.makepyfile(
+        test_formatted="""
+        import os
+
+        import pytest
+
+        class Loud(Exception):
+            def __str__(self):
+                # pytest calls it while it formats the traceback of a failed call.
+                with open(os.environ["FORMATTED"], "a") as f:
+                    f.write(".")
+                return "loud"
+
+        @pytest.mark.ipc_race(runs=6, all_runs=True)
+        def test_fails(ipc_outcome):
+            raise Loud()
+        """
+    )
+    formatted = pytester.path / "formatted.txt"
+    monkeypatch.setenv("FORMATTED", str(formatted))
+    result = run(pytester, "--ipc-report=report.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["RunsFailed: failed in 6 of 6 runs *", "*failed (Loud)      6", "E       *Loud: loud"])
+    entry = report_tests(pytester)["test_formatted.py::test_fails"]
+    assert (entry["runs"], entry["failed_runs"], entry["histogram"]) == (6, 6, [["failed (Loud)", 6]])
+    # Run 0's traceback only (pytest may ask the exception for its text more than once).
+    assert 1 <= len(formatted.read_text()) <= 2, formatted.read_text()

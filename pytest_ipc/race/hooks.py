@@ -56,8 +56,44 @@ class RaceHooks:
         run.auto_total = _auto_total(item)
         return result
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+        """A later run's failed call: its report without the traceback pytest would format.
+
+        Only the first failed run's traceback is shown (the verdict's detail),
+        and formatting one costs about 20 ms; the run's exception type, which
+        the verdict compares, is kept.  Wrappers (xfail, ours) still see it.
+        """
+        race = item.stash.get(stash.race_key, None)
+        excinfo = call.excinfo
+        if (
+            race is None
+            or race.finalizing
+            or not race.call_failed_before
+            or call.when != "call"
+            or excinfo is None
+            or isinstance(excinfo.value, pytest.skip.Exception)
+        ):
+            return None
+        run = item.stash.get(stash.run_key, None)
+        return pytest.TestReport(
+            item.nodeid,
+            item.location,
+            {name: 1 for name in item.keywords},
+            "failed",
+            f"{excinfo.typename} in run {run.index if run else '?'} (only the first failed run's traceback is kept)",
+            "call",
+            [],
+            call.duration,
+            call.start,
+            call.stop,
+            list(item.user_properties),
+        )
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_makereport")
+    def pytest_runtest_makereport_phase(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
         report = yield
         if call.when == "call":
             item.stash[stash.call_failed_key] = call.excinfo is not None

@@ -41,6 +41,9 @@ class RaceRun:
 
     finalizing: bool = False
     phase_excinfo: dict[str, Any] = field(default_factory=dict)
+    # A run's call has failed: later runs' failures need no formatted traceback
+    # (the verdict shows the first failed run's), which costs ~20 ms a run.
+    call_failed_before: bool = False
 
 
 def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -119,6 +122,8 @@ def _run_once(item: pytest.Item, race: RaceRun, plan: RacePlan, index: int, seed
     forget_finished_finalizers(item)
     record.sections = list(_compat.report_sections(item))
     _score(record, race, item)
+    if "call" in race.phase_excinfo and race.phase_excinfo["call"] is not None:
+        race.call_failed_before = True
     return record
 
 
