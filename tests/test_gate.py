@@ -12,14 +12,12 @@ began before the gate opened would hold a smaller tick.
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from leftovers import still_alive
+from sessions import InnerRun as Run
+from sessions import inner_sessions
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -404,52 +402,10 @@ def test_hangs(ipc_workers, shared_value):
 """
 
 
-@dataclass
-class Run:
-    result: pytest.RunResult
-    elapsed: float
-    pids: list[int]
-
-
 @pytest.fixture
-def run_inner(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[Callable[..., Run]]:
+def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Run]:
     """Runs the session written in ``pytester`` under a start method and checks nothing is left."""
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    prefix = f"ipctest{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("IPC_TEST_SEMPREFIX", prefix)
-    pidfile = tmp_path / "pids.txt"
-    monkeypatch.setenv("IPC_TEST_PIDFILE", str(pidfile))
-    basetemp = tmp_path / "basetemp"
-    pytester.makepyfile(helpers=HELPERS)
-    pytester.makeconftest(CONFTEST)
-
-    def run(*args: str, method: str) -> Run:
-        started = time.monotonic()
-        result = pytester.runpytest_subprocess(
-            "-p",
-            "pytest_ipc",
-            "-p",
-            "no:cacheprovider",
-            f"--ipc-start-method={method}",
-            f"--basetemp={basetemp}",
-            *args,
-            timeout=120,
-        )
-        elapsed = time.monotonic() - started
-        pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
-        pidfile.unlink(missing_ok=True)
-        alive = still_alive(pids)
-        assert not alive, f"processes outlived the session: {alive}"
-        leftovers = [name for name in Path("/dev/shm").iterdir() if prefix in name.name]
-        assert not leftovers, f"left in /dev/shm: {leftovers}"
-        assert not list(basetemp.glob("ipc-workers-*")), "a worker group directory was left behind"
-        result.stderr.no_fnmatch_line("*leaked*")
-        result.stdout.no_fnmatch_line("*INTERNALERROR*")
-        return Run(result, elapsed, pids)
-
-    yield run
+    return inner_sessions(pytester, monkeypatch, tmp_path, HELPERS, CONFTEST, timeout=120)
 
 
 @pytest.mark.parametrize("method", METHODS)

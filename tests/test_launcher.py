@@ -11,16 +11,13 @@ group directory under the session's basetemp.
 
 from __future__ import annotations
 
-import re
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from leftovers import still_alive
+from sessions import InnerRun as Run
+from sessions import inner_sessions
 
 METHODS = ["fork", "spawn", "forkserver"]
 SPAWNING = ["spawn", "forkserver"]
@@ -166,65 +163,10 @@ def helpers_line(marker: str, func: str) -> str:
     return f'*File "*helpers.py", line {line_of(marker)} in {func}'
 
 
-@dataclass
-class Run:
-    """The outcome of one inner session, with what it left behind already checked."""
-
-    result: pytest.RunResult
-    elapsed: float
-    pids: list[int]
-
-    def join_seconds(self) -> float:
-        """How long the inner test's join() took, as it printed it."""
-        match = re.search(r"join took ([0-9.]+)s", self.result.stdout.str())
-        assert match, "the inner test did not print its join time"
-        return float(match.group(1))
-
-
-def _assert_processes_gone(pids: list[int]) -> None:
-    alive = still_alive(pids)  # a just-killed grandchild may need a moment
-    assert not alive, f"processes outlived the session: {alive}"
-
-
 @pytest.fixture
-def run_inner(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[Callable[..., Run]]:
+def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Run]:
     """Runs the session written in ``pytester`` under a start method and checks nothing is left."""
-    # Only pytest-ipc: every other installed plugin would cost ~1 s per run.
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    prefix = f"ipctest{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("IPC_TEST_SEMPREFIX", prefix)
-    pidfile = tmp_path / "pids.txt"
-    monkeypatch.setenv("IPC_TEST_PIDFILE", str(pidfile))
-    basetemp = tmp_path / "basetemp"
-    pytester.makepyfile(helpers=HELPERS)
-    pytester.makeconftest(CONFTEST)
-
-    def run(*args: str, method: str) -> Run:
-        started = time.monotonic()
-        result = pytester.runpytest_subprocess(
-            "-p",
-            "pytest_ipc",
-            "-p",
-            "no:cacheprovider",
-            f"--ipc-start-method={method}",
-            f"--basetemp={basetemp}",
-            *args,
-            timeout=60,
-        )
-        elapsed = time.monotonic() - started
-        pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
-        pidfile.unlink(missing_ok=True)
-        _assert_processes_gone(pids)
-        leftovers = [name for name in Path("/dev/shm").iterdir() if prefix in name.name]
-        assert not leftovers, f"left in /dev/shm: {leftovers}"
-        assert not list(basetemp.glob("ipc-workers-*")), "a worker group directory was left behind"
-        result.stderr.no_fnmatch_line("*leaked*")  # the resource tracker's complaint
-        result.stdout.no_fnmatch_line("*INTERNALERROR*")
-        return Run(result, elapsed, pids)
-
-    yield run
+    return inner_sessions(pytester, monkeypatch, tmp_path, HELPERS, CONFTEST, timeout=60)
 
 
 @pytest.mark.parametrize("method", METHODS)
