@@ -41,12 +41,17 @@ def _terminal(config: pytest.Config) -> Any:
     return None
 
 
+def _write_past(tw: Any, text: str) -> None:
+    """Write past the TerminalWriter, whose count of the line's width pytest
+    uses to align its own progress: the line is erased again before pytest
+    writes more."""
+    tw._file.write(text)
+    tw._file.flush()
+
+
 class Progress:
     def __init__(self, item: pytest.Item, most: int) -> None:
         self.tw = _terminal(item.config)
-        # Written past the TerminalWriter, whose count of the line's width
-        # pytest uses to align its own progress: the line is erased again.
-        self.file = self.tw._file if self.tw is not None else None
         self.most = most
         self.started = time.monotonic()
         self.shown = 0.0  # when the line was last written; 0 while it is not on the screen
@@ -75,9 +80,7 @@ class Progress:
             self.shown = 0.0
 
     def _write(self, text: str) -> None:
-        assert self.file is not None
-        self.file.write(text)
-        self.file.flush()
+        _write_past(self.tw, text)
 
 
 class CampaignTotal:
@@ -133,5 +136,4 @@ class CampaignTotal:
             self.shown = False
 
     def _write(self, text: str) -> None:
-        self.tw._file.write(text)
-        self.tw._file.flush()
+        _write_past(self.tw, text)
