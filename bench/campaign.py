@@ -18,19 +18,17 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
+from sessions import bodies_source, pytest_command, run, write_files  # bench/ is on sys.path when a script of it runs
+
+# The tutorial's locked counter written into the test module, as a user writes it.
 TEST = """
 import pytest
 
-def add_locked(counter, n):
-    for _ in range(n):
-        with counter.get_lock():
-            counter.value += 1
+{add_locked}
 
 @pytest.mark.ipc_race
 def test_campaign(shared_value, ipc_workers):
@@ -41,15 +39,8 @@ def test_campaign(shared_value, ipc_workers):
 
 def run_once(workdir: str, workers: int, runs: int, shards: int) -> float:
     """Wall seconds of one campaign with ``-n workers``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "pytest_ipc",
-        "-q",
-        "-p",
-        "no:cacheprovider",
+    cmd = pytest_command(
+        workdir,
         "-n",
         str(workers),
         f"--ipc-shards={shards}",
@@ -57,9 +48,9 @@ def run_once(workdir: str, workers: int, runs: int, shards: int) -> float:
         "--ipc-budget=none",
         "--ipc-all-runs",  # a campaign's cost: every run, whatever it finds
         "test_campaign.py",
-    ]
+    )
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=3600)
+    proc = run(cmd, workdir, timeout=3600)
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"campaign failed (-n {workers}):\n{proc.stdout}\n{proc.stderr}")
@@ -74,8 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     times: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as workdir:
-        with open(os.path.join(workdir, "test_campaign.py"), "w") as f:
-            f.write(textwrap.dedent(TEST))
+        write_files(workdir, {"test_campaign.py": TEST.format(add_locked=bodies_source("add_locked"))})
         for _ in range(args.repeat):
             for workers in (1, 2):
                 times[workers].append(run_once(workdir, workers, args.runs, args.shards))

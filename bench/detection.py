@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import scenarios  # noqa: E402
+from sessions import environment, pytest_command, run  # noqa: E402
 
 from pytest_ipc import config as settings  # noqa: E402
 
@@ -116,35 +116,24 @@ def run_cell(
     log = workdir / f"{method}-{mode}.log"
     report = workdir / f"{method}-{mode}.json"
     log.unlink(missing_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
+    if mode == "plain":
+        how_many = [f"--count={runs}"]
+    else:
+        # Every run, also after a race is proven: the table counts how many show it.
+        how_many = [f"--ipc-runs={runs}", f"--ipc-budget={BUDGET['budget']}", "--ipc-all-runs"]
+    cmd = pytest_command(
+        workdir,
         "test_bench.py",
-        "-q",
-        "-p",
-        "no:cacheprovider",
         f"--ipc-start-method={method}",
         f"--ipc-jitter={JITTER[mode]}",
         f"--ipc-seed={seed}",
         "--ipc-timeout=30",
         f"--ipc-report={report}",
-    ]
-    if mode == "plain":
-        cmd += [f"--count={runs}"]
-    else:
-        # Every run, also after a race is proven: the table counts how many show it.
-        cmd += [f"--ipc-runs={runs}", f"--ipc-budget={BUDGET['budget']}", "--ipc-all-runs"]
-    env = {
-        **os.environ,
-        "BENCH_MODE": mode,
-        "BENCH_LOG": str(log),
-        "BENCH_METHOD": method,
-        "BENCH_SCENARIOS": "|".join(names),
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
+        *how_many,
+    )
+    env = environment(BENCH_MODE=mode, BENCH_LOG=str(log), BENCH_METHOD=method, BENCH_SCENARIOS="|".join(names))
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = run(cmd, workdir, env, timeout)
     wall = time.monotonic() - started
     rows: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     if log.exists():

@@ -25,12 +25,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
 
 from machine import machine  # bench/ is on sys.path when a script of it runs
+from sessions import pytest_command, run, write_files
 
 MEASURE = """
 import json
@@ -82,43 +81,17 @@ def test_fork_cost():
 """
 
 
-def run(workdir: str, way: str, forks: int) -> dict[str, float]:
+def run_way(workdir: str, way: str, forks: int) -> dict[str, float]:
     if way == "in pytest":
         out = os.path.join(workdir, "out.json")
         env = dict(os.environ, FORKCOST_OUT=out, FORKCOST_FORKS=str(forks))
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-p",
-                "pytest_ipc",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-o",
-                "addopts=",
-                f"--rootdir={workdir}",
-                "test_forkcost.py",
-            ],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = run(pytest_command(workdir, "test_forkcost.py"), workdir, env, timeout=600)
         if proc.returncode != 0:
             raise SystemExit(f"the pytest session failed:\n{proc.stdout}\n{proc.stderr}")
         with open(out) as f:
             return json.load(f)  # type: ignore[no-any-return]
-    proc = subprocess.run(
-        [sys.executable, "forkcost_script.py", way, str(forks)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    proc = run([sys.executable, "forkcost_script.py", way, str(forks)], workdir, timeout=600)
+    proc.check_returncode()
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -132,16 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     ways = ["bare", "imports", "in pytest"]
     results: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
     with tempfile.TemporaryDirectory(prefix="ipc-forkcost-") as workdir:
-        for name, text in {
-            "forkcost_measure.py": MEASURE,
-            "forkcost_script.py": SCRIPT,
-            "test_forkcost.py": TEST,
-        }.items():
-            with open(os.path.join(workdir, name), "w") as f:
-                f.write(textwrap.dedent(text).lstrip())
+        write_files(workdir, {"forkcost_measure.py": MEASURE, "forkcost_script.py": SCRIPT, "test_forkcost.py": TEST})
         for i in range(args.rounds):
             for way in ways[i % 3 :] + ways[: i % 3]:  # rotate, so drift in the load favours none
-                sample = run(workdir, way, args.forks)
+                sample = run_way(workdir, way, args.forks)
                 results[way].append(sample)
                 print(
                     f"  {way:<10} {sample['median_ms']:.3f} ms  (max RSS {sample['max_rss_mib']:.0f} MiB)",

@@ -15,22 +15,20 @@ plugin and collection, the runs, the report.  The test must fail with
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 from machine import machine  # bench/ is on sys.path when a script of it runs
+from sessions import bodies_source, pytest_command, run, write_files
 
+# The tutorial's counter written into the test module, as a user writes it.
 TEST = """
 import pytest
 
 
-def add(counter, n):
-    for _ in range(n):
-        counter.value += 1          # get, then set: not atomic
+{add}
 
 
 @pytest.mark.ipc_race
@@ -41,23 +39,9 @@ def test_counter(shared_value, ipc_workers):
 
 
 def invoke(workdir: str, method: str) -> tuple[float, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "pytest_ipc",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        "addopts=",
-        f"--rootdir={workdir}",
-        f"--ipc-start-method={method}",
-        "test_counter.py",
-    ]
+    cmd = pytest_command(workdir, f"--ipc-start-method={method}", "test_counter.py")
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    proc = run(cmd, workdir, timeout=600)
     wall = time.monotonic() - started
     if proc.returncode != 1 or "RaceDetected" not in proc.stdout:
         raise SystemExit(f"expected the race to be reported (exit 1), got exit {proc.returncode}:\n{proc.stdout}")
@@ -74,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--repeat must be at least 1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ipc-invocation-") as workdir:
-        with open(os.path.join(workdir, "test_counter.py"), "w") as f:
-            f.write(TEST.lstrip())
+        write_files(workdir, {"test_counter.py": TEST.format(add=bodies_source("add"))})
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             walls = []
             for _ in range(args.repeat):

@@ -44,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import machine  # bench/ is on sys.path when a script of it runs
+from sessions import environment, pytest_command, write_files
 
 try:
     import psutil
@@ -62,15 +62,8 @@ INCREMENTS = 50  # per worker and run
 WORKERS = 2  # per run, in the many-runs scenario
 FIRST_CHECKPOINT = 10  # the run of every test at which memory is first recorded
 
-TARGET = """
-def add_locked(counter, n):
-    for _ in range(n):
-        with counter.get_lock():
-            counter.value += 1
-"""
-
 # A private prefix for the session's named semaphores, so that its leftovers
-# in /dev/shm can be told from other processes' (see tests/test_launcher.py).
+# in /dev/shm can be told from other processes' (as tests/sessions.py SEMPREFIX_CONFTEST does).
 CONFTEST = """
 import multiprocessing
 import os
@@ -89,7 +82,7 @@ import sys
 import psutil
 import pytest
 
-from load_target import add_locked
+from bodies import add_locked
 
 RUNS = {runs}
 CHECKPOINTS = {checkpoints}
@@ -136,7 +129,7 @@ import time
 
 import pytest
 
-from load_target import add_locked
+from bodies import add_locked
 
 
 @pytest.mark.ipc_timeout(300)
@@ -210,32 +203,20 @@ def run_session(workdir: Path, args: list[str], timeout: float, probes: Path) ->
     prefix = f"ipcload{marker[:10]}"
     basetemp = workdir / f"basetemp-{marker[:8]}"
     report_path = workdir / f"report-{marker[:8]}.json"
-    env = dict(
-        os.environ,
+    env = environment(
+        ("PYTEST_ADDOPTS",),
         IPC_LOAD_RUN=marker,
         IPC_LOAD_SEMPREFIX=prefix,
         IPC_LOAD_PROBES=str(probes),
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
     )  # pytest-ipc and xdist only: no other plugin's cost
-    env.pop("PYTEST_ADDOPTS", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "pytest_ipc",
-        "-p",
-        "xdist.plugin",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "-o",
-        "addopts=",
-        f"--rootdir={workdir}",
+    cmd = pytest_command(
+        workdir,
         f"--basetemp={basetemp}",
         f"--ipc-report={report_path}",
         *args,
-    ]
+        plugins=("pytest_ipc", "xdist.plugin"),
+    )
     shm_before = shm_names()
     started = time.monotonic()
     with subprocess.Popen(
@@ -368,17 +349,10 @@ def worker_memory(probes: Path, runs: int) -> list[WorkerMemory]:
 def many_runs(args: argparse.Namespace, workdir: Path) -> list[str]:
     """The many-runs scenario under each jitter level; returns the problems found."""
     checkpoints = sorted({min(FIRST_CHECKPOINT, args.runs), args.runs})
-    (workdir / "test_many_runs.py").write_text(
-        textwrap.dedent(
-            MANY_RUNS.format(
-                tests=args.tests,
-                runs=args.runs,
-                checkpoints=set(checkpoints),
-                increments=INCREMENTS,
-                workers=WORKERS,
-            )
-        ).lstrip()
+    text = MANY_RUNS.format(
+        tests=args.tests, runs=args.runs, checkpoints=set(checkpoints), increments=INCREMENTS, workers=WORKERS
     )
+    write_files(workdir, {"test_many_runs.py": text})
     problems = []
     results = []
     for jitter in args.jitters:
@@ -445,15 +419,8 @@ def many_runs(args: argparse.Namespace, workdir: Path) -> list[str]:
 
 def many_workers(args: argparse.Namespace, workdir: Path) -> list[str]:
     """The many-workers scenario under each start method; returns the problems found."""
-    (workdir / "test_many_workers.py").write_text(
-        textwrap.dedent(
-            MANY_WORKERS.format(
-                workers=args.wide_workers,
-                runs=args.wide_runs,
-                increments=INCREMENTS,
-            )
-        ).lstrip()
-    )
+    text = MANY_WORKERS.format(workers=args.wide_workers, runs=args.wide_runs, increments=INCREMENTS)
+    write_files(workdir, {"test_many_workers.py": text})
     problems = []
     rows = []
     for method in args.methods:
@@ -523,8 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ipc-load-") as tmp:
         workdir = Path(tmp)
-        (workdir / "load_target.py").write_text(textwrap.dedent(TARGET).lstrip())
-        (workdir / "conftest.py").write_text(textwrap.dedent(CONFTEST).lstrip())
+        write_files(workdir, {"conftest.py": CONFTEST})
         if not args.skip_many:
             problems += many_runs(args, workdir)
         if not args.skip_wide:

@@ -16,7 +16,7 @@ each) is run N times (default 200) two ways, per start method:
   test, to tell the cost of forking from a (bigger) pytest process apart
   from the cost of the plugin's fixtures and launcher.
 
-All three use a worker target from the same pytest-free helper module.
+All three use the same worker target, the pytest-free ``tests/bodies.py``'s.
 Under spawn and forkserver the plain script's workers also re-run the
 script as ``__mp_main__``, as any user script's would; under
 ``python -m pytest`` multiprocessing skips that, which is why the plain loop
@@ -39,27 +39,21 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
 from dataclasses import dataclass
 
 from machine import machine  # bench/ is on sys.path when a script of it runs
+from sessions import environment, pytest_command, run, write_files
 
 WORKERS = 9
 INCREMENTS = 50
 
-TARGET = """
-def add(counter, n):
-    for _ in range(n):
-        counter.value += 1          # get, then set: not atomic
-"""
-
+# The worker target of all three: the unlocked counter of tests/bodies.py.
 TEST = """
 import pytest
 
-from bench_target import add
+from bodies import add
 
 
 @pytest.mark.ipc_race(runs={runs})
@@ -73,7 +67,7 @@ import json
 import multiprocessing
 import time
 
-from bench_target import add
+from bodies import add
 
 
 def loop(method, runs):
@@ -125,40 +119,30 @@ class Sample:
         return self.runs / self.duration
 
 
-def write_files(workdir: str, runs: int) -> None:
+def write_bench_files(workdir: str, runs: int) -> None:
     files = {
-        "bench_target.py": TARGET,
         "test_overhead.py": TEST.format(runs=runs, increments=INCREMENTS, workers=WORKERS),
         "bench_loop.py": LOOP.format(increments=INCREMENTS, workers=WORKERS),
         "plain_loop.py": PLAIN,
         "test_in_pytest.py": IN_PYTEST,
     }
-    for name, text in files.items():
-        with open(os.path.join(workdir, name), "w") as f:
-            f.write(textwrap.dedent(text).lstrip())
+    write_files(workdir, files)
 
 
 def run_plugin(workdir: str, method: str, runs: int, timeout: float) -> Sample:
     report = os.path.join(workdir, "report.json")
     if os.path.exists(report):
         os.remove(report)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
+    cmd = pytest_command(
+        workdir,
         "test_overhead.py",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        "addopts=",
-        f"--rootdir={workdir}",
         f"--basetemp={os.path.join(workdir, 'basetemp')}",
         f"--ipc-start-method={method}",
         "--ipc-jitter=off",
         f"--ipc-report={report}",
-    ]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+        plugins=(),
+    )
+    proc = run(cmd, workdir, environment(), timeout)
     try:
         with open(report) as f:
             (test,) = json.load(f)["tests"]
@@ -171,21 +155,9 @@ def run_plugin(workdir: str, method: str, runs: int, timeout: float) -> Sample:
 
 def run_in_pytest(workdir: str, method: str, runs: int, timeout: float) -> Sample:
     out = os.path.join(workdir, "in_pytest.json")
-    env = dict(os.environ, IPC_BENCH_OUT=out, IPC_BENCH_METHOD=method, IPC_BENCH_RUNS=str(runs))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "test_in_pytest.py",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        "addopts=",
-        f"--rootdir={workdir}",
-        f"--basetemp={os.path.join(workdir, 'basetemp')}",
-    ]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    env = environment(IPC_BENCH_OUT=out, IPC_BENCH_METHOD=method, IPC_BENCH_RUNS=str(runs))
+    cmd = pytest_command(workdir, "test_in_pytest.py", f"--basetemp={os.path.join(workdir, 'basetemp')}", plugins=())
+    proc = run(cmd, workdir, env, timeout)
     if proc.returncode != 0:
         raise SystemExit(f"the plain loop failed inside pytest:\n{proc.stdout}\n{proc.stderr}")
     with open(out) as f:
@@ -194,14 +166,8 @@ def run_in_pytest(workdir: str, method: str, runs: int, timeout: float) -> Sampl
 
 
 def run_plain(workdir: str, method: str, runs: int, timeout: float) -> Sample:
-    proc = subprocess.run(
-        [sys.executable, "plain_loop.py", method, str(runs)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
+    proc = run([sys.executable, "plain_loop.py", method, str(runs)], workdir, environment(), timeout)
+    proc.check_returncode()
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     return Sample(data["duration"], data["runs"])
 
@@ -235,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="ipc-overhead-") as workdir:
-        write_files(workdir, args.runs)
+        write_bench_files(workdir, args.runs)
         for method in methods:
             samples: dict[str, list[Sample]] = {name: [] for name in WAYS}
             for i in range(args.repeat):

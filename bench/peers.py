@@ -32,18 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from machine import machine  # bench/ is on sys.path when a script of it runs
+from sessions import environment, pytest_command, run, write_files
 
-BENCH = Path(__file__).resolve().parent
 ROUNDS = {"fork": 7, "forkserver": 5, "spawn": 3}
 MAX_RUNS = {"fork": 200, "forkserver": 100, "spawn": 40}  # pytest-repeat's --count, pytest-ipc's runs
 FREE_RUNS = {"fork": 30, "forkserver": 20, "spawn": 10}
@@ -152,10 +149,8 @@ def pytest_run(
 ) -> dict[str, float]:
     """One pytest subprocess; the time of each test case (JUnit XML), by name, and how many ran."""
     xml = workdir / "junit.xml"
-    env = dict(os.environ, PEERS_METHOD=method, PEERS_RUNS=str(runs), PYTHONPATH=str(BENCH), **(env_extra or {}))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *args]
-    subprocess.run(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
+    env = environment(("PYTHONDONTWRITEBYTECODE",), PEERS_METHOD=method, PEERS_RUNS=str(runs), **(env_extra or {}))
+    run(pytest_command(workdir, f"--junitxml={xml}", *args, plugins=()), workdir, env, timeout=1800)
     times: dict[str, float] = {}
     counts: dict[str, float] = {}
     failed_at: dict[str, float] = {}
@@ -193,8 +188,7 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 def _child_modules(script: Path, mode: str) -> dict[str, int]:
     """Microseconds of import (self time) per module in one spawn child's ``-X importtime`` output."""
-    env = dict(os.environ, PYTHONPATH=str(BENCH))
-    out = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True, timeout=120)
+    out = run([sys.executable, str(script), mode], script.parent, environment(), timeout=120)
     modules: dict[str, int] = {}
     for line in out.stderr.splitlines():
         if not line.startswith("import time:") or "[us]" in line:
@@ -226,8 +220,7 @@ def main() -> None:
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory(prefix="ipc-peers-") as tmp:
         workdir = Path(tmp)
-        (workdir / "test_plain.py").write_text(textwrap.dedent(PLAIN))
-        (workdir / "test_ipc.py").write_text(textwrap.dedent(IPC))
+        write_files(workdir, {"test_plain.py": PLAIN, "test_ipc.py": IPC})
         verdict_rows, cost_rows = [], []
         for method in methods:
             rounds = opts.rounds or ROUNDS[method]

@@ -28,13 +28,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 
 from machine import machine  # bench/ is on sys.path when a script of it runs
+from sessions import pytest_args, pytest_command, run, write_files
 
 ONE_TEST = "def test_one():\n    assert 1 + 1 == 2\n"
 
@@ -71,29 +71,11 @@ OUTER = textwrap.dedent("""
 
 def in_process(workdir: str, repeat: int) -> dict[str, list[float]]:
     out = os.path.join(workdir, "inner.jsonl")
-    with open(os.path.join(workdir, "test_outer.py"), "w") as f:
-        f.write(OUTER)
+    write_files(workdir, {"test_outer.py": OUTER})
+    # Not sessions.environment(): bench/ on sys.path would add a lookup to every import measured.
     env = dict(os.environ, STARTUP_REPEAT=str(repeat), STARTUP_OUT=out)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "addopts=",
-            f"--rootdir={workdir}",
-            "test_outer.py",
-        ],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
+    proc = run(pytest_command(workdir, "test_outer.py", plugins=()), workdir, env, timeout=3600)
     if proc.returncode != 0:
         raise SystemExit(f"the outer session failed:\n{proc.stdout[-3000:]}")
     times: dict[str, list[float]] = {"with": [], "without": []}
@@ -105,12 +87,11 @@ def in_process(workdir: str, repeat: int) -> dict[str, list[float]]:
 
 
 def subprocesses(workdir: str, repeat: int) -> dict[str, list[float]]:
-    with open(os.path.join(workdir, "test_one.py"), "w") as f:
-        f.write(ONE_TEST)
+    write_files(workdir, {"test_one.py": ONE_TEST})
     env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     times: dict[str, list[float]] = {"with": [], "without": []}
-    args = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", f"--rootdir={workdir}", "test_one.py"]
+    args = pytest_args(workdir, "test_one.py", plugins=())
     arms = (
         ("with", f"import sys, pytest, pytest_ipc.plugin as p; sys.exit(pytest.main({args!r}, plugins=[p]))"),
         ("without", f"import sys, pytest; sys.exit(pytest.main({args!r}))"),
@@ -119,7 +100,7 @@ def subprocesses(workdir: str, repeat: int) -> dict[str, list[float]]:
         for arm, code in arms if n % 2 else arms[::-1]:
             cmd = [sys.executable, "-c", code]
             started = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+            proc = run(cmd, workdir, env, timeout=120)
             elapsed = time.perf_counter() - started
             if proc.returncode != 0:
                 raise SystemExit(f"{cmd} failed:\n{proc.stdout}")

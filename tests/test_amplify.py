@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from sessions import copy_bodies
 
 from pytest_ipc._worker import amplify
 from pytest_ipc._worker.amplify import codepoints, stream
@@ -26,7 +27,8 @@ pytest_plugins = ["pytester"]
 
 METHODS = ("fork", "spawn", "forkserver")
 
-# Worker targets live in a pytest-free module so spawn/forkserver workers stay cheap.
+# Worker targets live in pytest-free modules so spawn/forkserver workers stay cheap.
+# Its own: probes of the amplifier's internals; the scenario bodies are bodies.py's.
 HELPERS = '''
 import multiprocessing
 import os
@@ -150,34 +152,6 @@ def feeder_waits(method):
 
 def first_choices(n):
     return [stream._amp.choose() for _ in range(n)] if stream._amp else None
-
-
-def inc(v, n):
-    for _ in range(n):
-        v.value += 1
-
-
-def inc_locked(v, n):
-    for _ in range(n):
-        with v.get_lock():
-            v.value += 1
-
-
-def producer(q, n):
-    for i in range(n):
-        q.put(i)
-    q.put(q.DONE)
-
-
-def pong(conn, rounds):
-    for _ in range(rounds):
-        conn.send(conn.recv() + 1)
-
-
-def inc_dict_locked(d, lock, n):
-    for _ in range(n):
-        with lock:
-            d["n"] += 1
 
 
 class ArrayLike:
@@ -348,17 +322,6 @@ def code_point_counts(method, shared, semaphore, n):
         store_under(lock, box, n)
         found[name] = [len(recording.drawn), len(recording.waited)]
     return found
-
-
-def inc_byte(name, n):
-    from multiprocessing import shared_memory
-
-    shm = shared_memory.SharedMemory(name=name)
-    try:
-        for _ in range(n):
-            shm.buf[0] += 1  # no IPC call between the read and the write
-    finally:
-        shm.close()
 '''
 
 
@@ -956,6 +919,8 @@ def test_code_points_take_no_tool_id_that_others_ask_for() -> None:
 SHM_RACE_TEST = """
 from multiprocessing import shared_memory
 
+import bodies
+
 @pytest.fixture
 def segment():
     shm = shared_memory.SharedMemory(create=True, size=16)
@@ -966,7 +931,7 @@ def segment():
 
 @pytest.mark.ipc_race(runs={runs})
 def test_byte(segment, ipc_workers, ipc_outcome):
-    ipc_workers.start(helpers.inc_byte, args=(segment.name, 25), count=9)
+    ipc_workers.start(bodies.add_to_byte, args=(segment.name, 25), count=9)
     ipc_workers.join()
     ipc_outcome.record(segment.buf[0])
 """
@@ -983,6 +948,7 @@ SHM_RUNS = 5
 @pytest.mark.parametrize("method", METHODS)
 def test_shared_memory_byte_race_is_caught(pytester: pytest.Pytester, method: str) -> None:
     """A read-modify-write of a SharedMemory byte, with no IPC call inside it, is caught in five runs."""
+    copy_bodies(pytester)
     _write_json_test(pytester, SHM_RACE_TEST.format(runs=SHM_RUNS))
     result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=120)
     result.assert_outcomes(failed=1)
@@ -1170,13 +1136,13 @@ import multiprocessing
 from multiprocessing import Process, Value
 
 import pytest
-import helpers
+import bodies
 
 def main():
     share_value = Value("i", 0)
     processes = []
     for _ in range(1, 10):
-        p = Process(target=helpers.inc, args=(share_value, 50))
+        p = Process(target=bodies.add, args=(share_value, 50))
         p.start()
         processes.append(p)
     for p in processes:
@@ -1198,7 +1164,7 @@ def test_race_in_the_tutorials_main_is_caught(pytester: pytest.Pytester, method:
     # every run lost updates (measured: fork 30/30, forkserver 20/20, spawn 8/8,
     # totals spread over 100-380 with no value seen more than twice in 30), so
     # three runs that all agree on one total would be a ~1e-3 event at worst.
-    pytester.makepyfile(helpers=HELPERS)
+    copy_bodies(pytester)
     pytester.makepyfile(TUTORIAL_TEST.format(method=method))
     result = pytester.runpytest_subprocess(timeout=120)
     result.assert_outcomes(failed=1)
@@ -1207,11 +1173,11 @@ def test_race_in_the_tutorials_main_is_caught(pytester: pytest.Pytester, method:
 
 RACY_TEST = """
 import pytest
-import helpers
+import bodies
 
 @pytest.mark.ipc_race(runs={runs})
 def test_counter(shared_value, ipc_workers):
-    ipc_workers.start(helpers.inc, args=(shared_value, 50), count=9)
+    ipc_workers.start(bodies.add, args=(shared_value, 50), count=9)
     ipc_workers.join()
 """
 
@@ -1226,7 +1192,7 @@ RACY_RUNS = 3
 @pytest.mark.parametrize("method", METHODS)
 def test_unlocked_counter_is_caught_in_a_few_runs(pytester: pytest.Pytester, method: str) -> None:
     """The seed's unlocked 9 x 50 counter is reported as a race within three runs."""
-    pytester.makepyfile(helpers=HELPERS)
+    copy_bodies(pytester)
     pytester.makepyfile(RACY_TEST.format(runs=RACY_RUNS))
     result = pytester.runpytest_subprocess(f"--ipc-start-method={method}", timeout=120)
     result.assert_outcomes(failed=1)
@@ -1237,7 +1203,7 @@ def test_unlocked_counter_is_caught_in_a_few_runs(pytester: pytest.Pytester, met
 
 def test_failure_names_the_amplification_and_the_rerun_reproduces_it(pytester: pytest.Pytester) -> None:
     """The race report names the jitter level, and its rerun line replays the same verdict and seed."""
-    pytester.makepyfile(helpers=HELPERS)
+    copy_bodies(pytester)
     pytester.makepyfile(RACY_TEST.format(runs=RACY_RUNS))
     result = pytester.runpytest_subprocess("--ipc-start-method=fork", "--ipc-seed=4242", timeout=60)
     result.assert_outcomes(failed=1)
@@ -1252,7 +1218,7 @@ def test_failure_names_the_amplification_and_the_rerun_reproduces_it(pytester: p
 
 def test_failure_names_a_marker_jitter_level(pytester: pytest.Pytester) -> None:
     """jitter="high" on the marker is what the report names and what the rerun line carries."""
-    pytester.makepyfile(helpers=HELPERS)
+    copy_bodies(pytester)
     pytester.makepyfile(RACY_TEST.format(runs=f'{RACY_RUNS}, jitter="high"'))
     result = pytester.runpytest_subprocess("--ipc-start-method=fork", "--ipc-seed=7", timeout=60)
     result.assert_outcomes(failed=1)
@@ -1267,7 +1233,7 @@ CORRECT_TEST = """
 import multiprocessing
 
 import pytest
-import helpers
+import bodies
 
 
 @pytest.fixture(scope="module")
@@ -1278,13 +1244,13 @@ def manager():
 
 @pytest.mark.ipc_race(runs={runs}, expect=450)
 def test_locked_counter(shared_value, ipc_workers):
-    ipc_workers.start(helpers.inc_locked, args=(shared_value, 50), count=9)
+    ipc_workers.start(bodies.add_locked, args=(shared_value, 50), count=9)
     ipc_workers.join()
 
 
 @pytest.mark.ipc_race(runs={runs})
 def test_sentinel_fan_in(fanin_queue, ipc_workers, ipc_outcome):
-    ipc_workers.start(helpers.producer, args=(fanin_queue, 25), count=4)
+    ipc_workers.start(bodies.produce, args=(fanin_queue, 25), count=4)
     items = fanin_queue.collect(producers=4)
     ipc_workers.join()
     ipc_outcome.record(tuple(sorted(items)))
@@ -1292,7 +1258,7 @@ def test_sentinel_fan_in(fanin_queue, ipc_workers, ipc_outcome):
 
 @pytest.mark.ipc_race(runs={runs}, expect=100)
 def test_ping_pong(pipe_pair, ipc_workers, ipc_outcome):
-    ipc_workers.start(helpers.pong, args=(pipe_pair.child, 50))
+    ipc_workers.start(bodies.pong, args=(pipe_pair.child, 50))
     x = 0
     for _ in range(50):
         pipe_pair.parent.send(x)
@@ -1304,7 +1270,7 @@ def test_ping_pong(pipe_pair, ipc_workers, ipc_outcome):
 @pytest.mark.ipc_race(runs={manager_runs}, expect=90)
 def test_manager_dict_with_manager_lock(manager, ipc_workers, ipc_outcome):
     d = manager.dict({{"n": 0}})
-    ipc_workers.start(helpers.inc_dict_locked, args=(d, manager.Lock(), 10), count=9)
+    ipc_workers.start(bodies.add_to_dict_locked, args=(d, manager.Lock(), 10), count=9)
     ipc_workers.join()
     ipc_outcome.record(d["n"])
 """
@@ -1315,7 +1281,7 @@ CORRECT_MANAGER_RUNS = 20
 
 def test_correct_code_is_never_reported(pytester: pytest.Pytester) -> None:
     """Locked counter, sentinel fan-in, ping-pong pipe and a Manager dict under a manager Lock pass every run."""
-    pytester.makepyfile(helpers=HELPERS)
+    copy_bodies(pytester)
     pytester.makepyfile(CORRECT_TEST.format(runs=CORRECT_RUNS, manager_runs=CORRECT_MANAGER_RUNS))
     # jitter high: more points act than by default, so this is the harder check.
     result = pytester.runpytest_subprocess("--ipc-start-method=fork", "--ipc-jitter=high", timeout=240)

@@ -18,6 +18,7 @@ METHODS = ("fork", "spawn", "forkserver")
 
 # Targets live in a pytest-free module: cheap for spawn workers to import.
 # Each marked line runs only in a worker: the parent checks its own pid.
+# Its own: the coverage report of this very file is what the tests read.
 HELPERS = """
 import os
 
@@ -102,7 +103,10 @@ def helpers_coverage(pytester: pytest.Pytester, report: str) -> dict[str, Any]:
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """A command of the project's Python in the project directory, bounded in time."""
+    """A command of the project's Python in the project directory, bounded in time.
+
+    Not sessions.run: these commands are ``coverage`` as well as ``pytest``.
+    """
     return pytester.run(sys.executable, *args, timeout=120)
 
 

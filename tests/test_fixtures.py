@@ -1,7 +1,7 @@
 """The IPC fixtures, each under fork, spawn and forkserver, through real pytest sessions.
 
-Worker targets live in a pytest-free ``helpers`` module so that spawn and
-forkserver workers stay cheap to start.
+Worker targets live in pytest-free modules (``bodies`` and ``helpers``) so
+that spawn and forkserver workers stay cheap to start.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import multiprocessing
 import re
 
 import pytest
+from sessions import copy_bodies
 
 from pytest_ipc import config as settings
 
 METHODS = ("fork", "spawn", "forkserver")
 
+# Its own: the start-time stamps and the small targets only these fixtures' tests start.
 HELPERS = r'''
 import os
 import time
@@ -36,12 +38,6 @@ os.register_at_fork(after_in_child=_forked)
 def stamp():
     """(ready, body): when this worker existed, and when its body began."""
     return READY_AT, time.monotonic()
-
-
-def add(value, times, amount):
-    for _ in range(times):
-        with value.get_lock():
-            value.value += amount
 
 
 def fill_squares(array):
@@ -67,18 +63,6 @@ def produce(q, count, sentinel):
 
 def square(n):
     return n * n
-
-
-def pid():
-    return os.getpid()
-
-
-def put_big(q):
-    q.put(b"w" * (10 * 1024 * 1024))
-
-
-def wait_for(event):
-    event.wait()
 '''
 
 
@@ -195,13 +179,14 @@ def test_unavailable_start_method_is_a_skip_with_the_reason(pytester: pytest.Pyt
 FIXTURE_TESTS = r'''
 import pytest
 
+import bodies
 import helpers
 
 
 def test_shared_value_default(shared_value, ipc_workers):
     assert shared_value.value == 0
     assert type(shared_value.get_obj()).__name__ == "c_int"
-    ipc_workers.start(helpers.add, args=(shared_value, 50, 1), count=2)
+    ipc_workers.start(bodies.add_locked, args=(shared_value, 50), count=2)
     ipc_workers.join()
     assert shared_value.value == 100
 
@@ -291,9 +276,9 @@ def test_fanin_queue_timeout_names_sentinels_seen(fanin_queue):
 
 
 def test_workers_return_values_in_start_order(ipc_workers):
-    first = ipc_workers.start(helpers.pid, count=2)
+    first = ipc_workers.start(bodies.pid, count=2)
     ipc_workers.start(helpers.square, args=(7,))
-    ipc_workers.start(helpers.pid)
+    ipc_workers.start(bodies.pid)
     values = ipc_workers.join()
     assert values[:2] == [w.pid for w in first]
     assert values[2] == 49
@@ -314,6 +299,7 @@ def test_workers_of_one_start_begin_together(ipc_workers):
 
 def test_fixtures_work_under_every_start_method(pytester: pytest.Pytester) -> None:
     """shared_value, shared_array, pipe_pair, fanin_queue and ipc_workers pass under fork, spawn and forkserver."""
+    copy_bodies(pytester)
     pytester.makepyfile(helpers=HELPERS, test_fixtures=FIXTURE_TESTS)
     result = pytester.runpytest_subprocess("-v", "--ipc-start-method=all", "-p", "no:cacheprovider", timeout=180)
     functions = set(re.findall(r"^def (test_\w+)", FIXTURE_TESTS, re.M))
@@ -330,6 +316,7 @@ def test_fixtures_work_under_every_start_method(pytester: pytest.Pytester) -> No
 UNDRAINED_TESTS = r"""
 import pytest
 
+import bodies
 import helpers
 
 
@@ -342,7 +329,7 @@ def test_parent_leaves_data(fanin_queue):
 @pytest.mark.ipc_start_methods("fork", "spawn", "forkserver")
 def test_worker_leaves_data(ipc_workers, fanin_queue):
     fanin_queue.put(b"p" * (10 * 1024 * 1024))
-    ipc_workers.start(helpers.put_big, args=(fanin_queue,))
+    ipc_workers.start(bodies.put_big, args=(fanin_queue, 10 * 1024 * 1024))
     # Not joined: the worker cannot exit before its 10 MB are read, which
     # only the queue's teardown does.
 """
@@ -356,6 +343,7 @@ def pytest_runtest_logreport(report):
 
 def test_fanin_queue_teardown_never_hangs_on_undrained_data(pytester: pytest.Pytester) -> None:
     """10 MB left in the queue by the test and by a worker is drained at teardown in well under a second or two."""
+    copy_bodies(pytester)
     pytester.makepyfile(helpers=HELPERS, test_undrained=UNDRAINED_TESTS)
     pytester.makeconftest(TEARDOWN_TIMER)
     result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", timeout=120)
@@ -378,6 +366,7 @@ import time
 
 import pytest
 
+import bodies
 import helpers
 from pytest_ipc import FanInTimeout, WorkerTimeout
 
@@ -393,7 +382,7 @@ def test_marker_timeout(ipc_workers, fanin_queue, ipc_context):
     with pytest.raises(FanInTimeout, match="within 1s"):
         fanin_queue.collect(producers=1)
     event = ipc_context.Event()
-    ipc_workers.start(helpers.wait_for, args=(event,))
+    ipc_workers.start(bodies.wait_for, args=(event,))
     with pytest.raises(WorkerTimeout, match="still running after the 1s timeout"):
         ipc_workers.join()
     # Two 1 s waits plus the launcher's grace periods, nowhere near the session's timeout.
@@ -415,6 +404,7 @@ def test_timeout_comes_from_marker_option_or_ini(
     """ipc_workers and fanin_queue wait for @ipc_timeout, else --ipc-timeout, else ini ipc_timeout, else 30 s."""
     if ini:
         pytester.makefile(".ini", pytest=f"[pytest]\nipc_timeout = {ini}\n")
+    copy_bodies(pytester)
     pytester.makepyfile(helpers=HELPERS, test_timeouts=TIMEOUT_TESTS)
     result = pytester.runpytest_subprocess("-s", "--ipc-start-method=fork", "-p", "no:cacheprovider", *args, timeout=90)
     result.assert_outcomes(passed=2)

@@ -11,6 +11,7 @@ import re
 import sys
 
 import pytest
+from sessions import run
 
 pytestmark = pytest.mark.skipif(
     sys.version_info < (3, 12), reason="os.fork() warns in a multi-threaded process from 3.12"
@@ -63,10 +64,9 @@ PYTHON_FORK_WARNING = re.compile(r"DeprecationWarning: This process \(pid=\d+\) 
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """The threaded session, under fork."""
     pytester.makepyfile(test_threaded=THREADED_SESSION)
-    return pytester.runpytest_subprocess(
-        "-p", "pytest_ipc", "-p", "no:cacheprovider", "--ipc-start-method=fork", *args, timeout=120
-    )
+    return run(pytester, "--ipc-start-method=fork", *args, timeout=120, cache=False)
 
 
 def test_forks_with_a_thread_alive_give_one_warning_naming_the_thread(pytester: pytest.Pytester) -> None:

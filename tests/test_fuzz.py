@@ -32,6 +32,7 @@ import iniconfig
 import pytest
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
+from sessions import run
 
 # In-process race runs with a jitter above 0 patch multiprocessing's classes
 # in this process (no-ops outside a race run).  pytester drops the modules
@@ -777,9 +778,8 @@ def test_fuzzed_start_methods_marker(pytester: pytest.Pytester, call: tuple[list
 # -- part two: outcomes that are hard to hash, compare, print or pickle -----------------------
 
 
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """A pytest session in a subprocess, with the plugin."""
-    return pytester.runpytest_subprocess("-p", "pytest_ipc", "-p", "no:cacheprovider", *args, timeout=300)
+# Part two's sessions run in a subprocess (sessions.run), each bounded by this.
+SESSION_TIMEOUT = 300
 
 
 def load_report(pytester: pytest.Pytester) -> dict[str, dict[str, Any]]:
@@ -807,7 +807,7 @@ def test_unhashable_outcomes_name_their_type(pytester: pytest.Pytester) -> None:
             ipc_outcome.record(value)
         """
     )
-    result = run(pytester, "--ipc-report=report.json")
+    result = run(pytester, "--ipc-report=report.json", timeout=SESSION_TIMEOUT, cache=False)
     result.assert_outcomes(failed=4)
     for shown_value in ("list [[]1, 2]", "dict {'a': 1}", "set {3}"):
         result.stdout.fnmatch_lines(
@@ -878,7 +878,7 @@ def test_unprintable_outcomes_still_print_a_report(pytester: pytest.Pytester) ->
             ipc_outcome.record(Escapes(1))
         """
     )
-    result = run(pytester, "-v", "--ipc-report=report.json")
+    result = run(pytester, "-v", "--ipc-report=report.json", timeout=SESSION_TIMEOUT, cache=False)
     result.assert_outcomes(passed=3, failed=2)
     result.stdout.fnmatch_lines(
         [
@@ -949,7 +949,7 @@ def test_huge_outcomes_keep_the_report_short_and_fast(pytester: pytest.Pytester)
         """
     )
     started = time.monotonic()
-    result = run(pytester, "-v", "--ipc-report=report.json")
+    result = run(pytester, "-v", "--ipc-report=report.json", timeout=SESSION_TIMEOUT, cache=False)
     elapsed = time.monotonic() - started
     result.assert_outcomes(passed=3, failed=1)
     assert_no_crash(result)
@@ -1014,7 +1014,7 @@ def test_unpicklable_outcomes_under_xdist(pytester: pytest.Pytester) -> None:
             ipc_outcome.record(Unpicklable(1))
         """
     )
-    result = run(pytester, "-n", "2", "--ipc-report=report.json")
+    result = run(pytester, "-n", "2", "--ipc-report=report.json", timeout=SESSION_TIMEOUT, cache=False)
     result.assert_outcomes(passed=1, failed=2)
     assert_no_crash(result)
     result.stdout.no_fnmatch_line("*pickle*")
@@ -1106,7 +1106,7 @@ def test_outcomes_whose_eq_raises_or_is_not_a_bool(pytester: pytest.Pytester) ->
             ipc_outcome.record(Fuzzy(calls[0] % 2))
         """
     )
-    result = run(pytester, "--ipc-report=report.json")
+    result = run(pytester, "--ipc-report=report.json", timeout=SESSION_TIMEOUT, cache=False)
     result.assert_outcomes(passed=1, failed=4)
     assert_no_crash(result)
     for name in ("test_vec", "test_vec_in_a_tuple"):
@@ -1180,7 +1180,7 @@ def test_nan_outcomes_agree(pytester: pytest.Pytester) -> None:
             ipc_outcome.record(new_nan())
         """
     )
-    result = run(pytester, "-v", "--ipc-report=report.json")
+    result = run(pytester, "-v", "--ipc-report=report.json", timeout=SESSION_TIMEOUT, cache=False)
     result.assert_outcomes(passed=3, failed=1)
     assert_no_crash(result)
     result.stdout.fnmatch_lines(
@@ -1236,7 +1236,7 @@ def test_equal_values_print_differently(ipc_outcome):
 def test_different_outcomes_that_print_alike_are_a_race(pytester: pytest.Pytester) -> None:
     """The verdict compares the outcomes, not their printed labels: equal or equally shortened reprs still race."""
     pytester.makepyfile(test_alike=PRINT_ALIKE)
-    result = run(pytester, "--ipc-report=report.json")
+    result = run(pytester, "--ipc-report=report.json", timeout=SESSION_TIMEOUT, cache=False)
     result.assert_outcomes(passed=1, failed=3)
     assert_no_crash(result)
     result.stdout.fnmatch_lines(
@@ -1281,6 +1281,6 @@ def test_different_outcomes_that_print_alike_are_a_race(pytester: pytest.Pyteste
 def test_json_distinct_counts_outcomes_not_labels(pytester: pytest.Pytester) -> None:
     """The JSON's and the terminal report's "distinct" count outcomes that print alike separately."""
     pytester.makepyfile(test_alike=PRINT_ALIKE)
-    result = run(pytester, "--ipc-report=report.json", "-k", "equal_reprs")
+    result = run(pytester, "--ipc-report=report.json", "-k", "equal_reprs", timeout=SESSION_TIMEOUT, cache=False)
     result.assert_outcomes(failed=1)
     assert load_report(pytester)["test_equal_reprs"]["distinct"] == 2

@@ -22,19 +22,16 @@ from sessions import inner_sessions
 METHODS = ["fork", "spawn", "forkserver"]
 
 # No pytest here: spawn workers import it.  Every worker records its pid.
+# Its own: a tick log and the waits that the gate's tests are about.
 HELPERS = '''
-import os
 import time
+
+from bodies import record_pid as record
 
 # Index 0 of a tick log is the counter, 1 the test's tick, then a begin and an
 # end tick for each worker slot (-1 until taken).
 def new_log(ctx, slots):
     return ctx.Array("i", [0, -1] + [-1] * (2 * slots), lock=False)
-
-
-def record():
-    with open(os.environ["IPC_TEST_PIDFILE"], "a") as f:
-        f.write(f"{os.getpid()}\\n")
 
 
 def tick(log, lock):
@@ -105,19 +102,7 @@ def put_one(q):
     record()
     q.put("one")
 
-
-def bump(v):
-    record()
-    with v.get_lock():
-        v.value += 1
 '''
-
-CONFTEST = """
-import multiprocessing
-import os
-
-multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-"""
 
 # What every session below checks of a tick log: the gate held every worker
 # until the test had taken its tick (after its last start() returned), and
@@ -135,6 +120,7 @@ GATED = (
     """
 import multiprocessing.connection as mpc
 import pytest
+import bodies
 import helpers
 from helpers import new_log, span, tick
 """
@@ -187,7 +173,7 @@ def test_talk_before_the_second_start(ipc_context, ipc_workers, pipe_pair, share
     pipe_pair.parent.send("hello")
     assert pipe_pair.parent.poll(20)
     assert pipe_pair.parent.recv() == "hello"
-    ipc_workers.start(helpers.bump, args=(shared_value,))
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1))
     helpers.wait_until(lambda: shared_value.value == 1, "the second worker")
     ipc_workers.join()
     ipc_outcome.record("ok")
@@ -197,7 +183,7 @@ def test_talk_before_the_second_start(ipc_context, ipc_workers, pipe_pair, share
 def test_a_blocking_recv_alone_opens_the_gate(ipc_context, ipc_workers, pipe_pair, ipc_outcome):
     # The worker only answers: the test's recv() is what lets it go.
     bumped = ipc_context.Value("i", 0)
-    ipc_workers.start(helpers.bump, args=(bumped,))
+    ipc_workers.start(bodies.record_then_add_locked, args=(bumped, 1))
     mine, theirs = ipc_context.Pipe()
     try:
         ipc_workers.start(helpers.echo, args=(theirs,), name="echo")
@@ -276,7 +262,7 @@ def test_a_manager_proxy_get_opens_the_gate_and_setting_up_does_not(
 def test_processes_the_test_starts_itself_are_not_held(ipc_context, ipc_workers, shared_value, ipc_outcome):
     lock, log = ipc_context.Lock(), new_log(ipc_context, 1)
     ipc_workers.start(span, args=(log, lock, 0, 1))
-    own = ipc_context.Process(target=helpers.bump, args=(shared_value,))
+    own = ipc_context.Process(target=bodies.record_then_add_locked, args=(shared_value, 1))
     own.start()
     helpers.wait_until(lambda: shared_value.value == 1, "the test's own process")
     pool = ipc_context.Pool(2)
@@ -340,10 +326,10 @@ def test_the_patches_are_in_only_while_workers_are_held(ipc_context, ipc_workers
 
 def test_without_ipc_race_each_start_goes_at_once(ipc_context, ipc_workers, shared_value):
     before = mpc._ConnectionBase.__dict__["recv"]
-    ipc_workers.start(helpers.bump, args=(shared_value,))
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1))
     assert mpc._ConnectionBase.__dict__["recv"] is before
     helpers.wait_until(lambda: shared_value.value == 1, "the first worker, before the second start")
-    ipc_workers.start(helpers.bump, args=(shared_value,))
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1))
     ipc_workers.join()
     assert shared_value.value == 2
 """
@@ -352,14 +338,15 @@ def test_without_ipc_race_each_start_goes_at_once(ipc_context, ipc_workers, shar
 HUNG = """
 import time
 import pytest
+import bodies
 import helpers
 
 
 @pytest.mark.ipc_race(runs=1)
 @pytest.mark.ipc_timeout(2)
 def test_waits_where_the_gate_cannot_see(ipc_workers, shared_value):
-    ipc_workers.start(helpers.bump, args=(shared_value,), name="first")
-    ipc_workers.start(helpers.bump, args=(shared_value,), name="second")
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1), name="first")
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1), name="second")
     helpers.wait_until(lambda: shared_value.value == 2, "the workers")
     ipc_workers.join()
 """
@@ -370,6 +357,7 @@ def test_waits_where_the_gate_cannot_see(ipc_workers, shared_value):
 SLOW_STARTS = """
 import time
 import pytest
+import bodies
 import helpers
 
 
@@ -377,9 +365,9 @@ import helpers
 @pytest.mark.ipc_timeout(5)
 def test_slow_starts(ipc_workers, shared_value):
     first = time.monotonic()
-    ipc_workers.start(helpers.bump, args=(shared_value,), name="first")
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1), name="first")
     helpers.busy(3)
-    ipc_workers.start(helpers.bump, args=(shared_value,), name="second")
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1), name="second")
     helpers.busy(3)
     assert time.monotonic() - first > 5
     assert shared_value.value == 0  # both still held
@@ -390,6 +378,7 @@ def test_slow_starts(ipc_workers, shared_value):
 HUNG_TIMEOUT = """
 import time
 import pytest
+import bodies
 import helpers
 
 
@@ -397,7 +386,7 @@ import helpers
 @pytest.mark.ipc_timeout(1)
 @pytest.mark.timeout(4, method="signal")
 def test_hangs(ipc_workers, shared_value):
-    ipc_workers.start(helpers.bump, args=(shared_value,), name="held")
+    ipc_workers.start(bodies.record_then_add_locked, args=(shared_value, 1), name="held")
     time.sleep(60)
 """
 
@@ -405,7 +394,7 @@ def test_hangs(ipc_workers, shared_value):
 @pytest.fixture
 def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Run]:
     """Runs the session written in ``pytester`` under a start method and checks nothing is left."""
-    return inner_sessions(pytester, monkeypatch, tmp_path, HELPERS, CONFTEST, timeout=120)
+    return inner_sessions(pytester, monkeypatch, tmp_path, HELPERS, timeout=120)
 
 
 @pytest.mark.parametrize("method", METHODS)

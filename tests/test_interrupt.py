@@ -21,39 +21,28 @@ from pathlib import Path
 
 import pytest
 from leftovers import still_alive
+from sessions import SEMPREFIX_CONFTEST, copy_bodies
 
 METHODS = ["fork", "spawn", "forkserver"]
 
-CONFTEST = """
-import multiprocessing
-import os
+CONFTEST = (
+    SEMPREFIX_CONFTEST
+    + """
 import signal
 
 # Background jobs may start with SIGINT ignored, and some process managers
 # (pytest-xdist's workers) with it blocked; a terminal's Ctrl-C is neither.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-# A private prefix for named semaphores, so leftovers can be told apart.
-multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
 """
-
-HELPERS = """
-import os
-
-
-def add(counter, n, pidfile):
-    with open(pidfile, "a") as f:
-        f.write(f"{os.getpid()}\\n")
-    for _ in range(n):
-        counter.value += 1
-"""
+)
 
 CAMPAIGN = """
 import os
 
 import pytest
 
-import helpers
+import bodies
 
 
 # all_runs: the race shows at once, and the campaign must go on until the signal.
@@ -63,7 +52,7 @@ def test_counter(shared_value, ipc_workers):
     fd = os.open(os.environ["RUNS_FIFO"], os.O_WRONLY)
     os.write(fd, b".")
     os.close(fd)
-    ipc_workers.start(helpers.add, args=(shared_value, 50, os.environ["IPC_TEST_PIDFILE"]), count=9)
+    ipc_workers.start(bodies.record_then_add, args=(shared_value, 50), count=9)
     ipc_workers.join()
 """
 
@@ -79,7 +68,8 @@ def test_signal_mid_campaign_stops_reports_and_cleans_up(
     pytester: pytest.Pytester, tmp_path: Path, method: str, signum: int
 ) -> None:
     pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(helpers=HELPERS, test_campaign=CAMPAIGN)
+    copy_bodies(pytester)
+    pytester.makepyfile(test_campaign=CAMPAIGN)
     fifo = tmp_path / "runs.fifo"
     os.mkfifo(fifo)
     pidfile = tmp_path / "pids.txt"

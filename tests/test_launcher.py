@@ -23,7 +23,8 @@ METHODS = ["fork", "spawn", "forkserver"]
 SPAWNING = ["spawn", "forkserver"]
 
 # The workers' targets, in a module that does not import pytest, so that
-# spawn workers start fast.  Every target records its pid first.
+# spawn workers start fast.  Every target records its pid first.  Its own:
+# each target is one way for a worker to end, marked for line_of().
 HELPERS = '''
 import ctypes
 import os
@@ -32,10 +33,7 @@ import subprocess
 import sys
 import time
 
-
-def record(pid=None):
-    with open(os.environ["IPC_TEST_PIDFILE"], "a") as f:
-        f.write(f"{pid or os.getpid()}\\n")
+from bodies import record_pid as record
 
 
 def wait_recorded(pid):
@@ -139,15 +137,6 @@ def interrupt(pid):
         time.sleep(1)
 '''
 
-# A private prefix for the named semaphores of the inner session, so that its
-# leftovers in /dev/shm can be told apart from other processes' entries.
-CONFTEST = """
-import multiprocessing
-import os
-
-multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-"""
-
 
 def line_of(marker: str) -> int:
     """The line number in helpers.py of the line carrying ``marker``."""
@@ -166,7 +155,7 @@ def helpers_line(marker: str, func: str) -> str:
 @pytest.fixture
 def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Run]:
     """Runs the session written in ``pytester`` under a start method and checks nothing is left."""
-    return inner_sessions(pytester, monkeypatch, tmp_path, HELPERS, CONFTEST, timeout=60)
+    return inner_sessions(pytester, monkeypatch, tmp_path, HELPERS, timeout=60)
 
 
 @pytest.mark.parametrize("method", METHODS)

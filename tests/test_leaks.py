@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from leftovers import still_alive
+from sessions import copy_bodies, run
 
 METHODS = ["fork", "spawn", "forkserver"]
 
 # Targets and helpers of the inner sessions.  Not importing pytest keeps
-# spawn children fast.
+# spawn children fast.  Its own: leaks to make and note, Process subclasses.
 HELPERS = '''
 import json
 import multiprocessing.context
@@ -31,14 +32,6 @@ def note(kind, value):
     """Record a pid or a segment name for the outer test to check."""
     with open(os.environ["LEAK_TEST_NOTES"], "a") as f:
         f.write(json.dumps([kind, value]) + "\\n")
-
-
-def wait_for(event):
-    event.wait()  # never set: runs until ended
-
-
-def quick():
-    pass
 
 
 def make_segment(unlink, **kwargs):
@@ -114,7 +107,7 @@ class NeedsTargetName:
     """A Process whose run() needs its target's name, as a logging subclass might."""
 
     def run(self):
-        if self._target.__name__ != "quick":
+        if self._target.__name__ != "noop":
             raise SystemExit(3)
         super().run()
 
@@ -159,6 +152,7 @@ from multiprocessing import shared_memory
 
 import pytest
 
+import bodies
 import helpers
 
 KEEP = []
@@ -169,13 +163,13 @@ def test_process_still_running(ipc_context):
     KEEP.append(event)
     # A daemon, so that with the check off the session still ends (multiprocessing
     # joins non-daemon children at exit).
-    p = ipc_context.Process(target=helpers.wait_for, args=(event,), name="stuck-worker", daemon=True)
+    p = ipc_context.Process(target=bodies.wait_for, args=(event,), name="stuck-worker", daemon=True)
     p.start()
     helpers.note("pid", p.pid)
 
 
 def test_process_exited_never_joined(ipc_context):
-    p = ipc_context.Process(target=helpers.quick, name="unjoined-worker")
+    p = ipc_context.Process(target=bodies.noop, name="unjoined-worker")
     p.start()
     helpers.note("pid", p.pid)
     KEEP.append(p)
@@ -224,16 +218,17 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     notes = tmp_path / "notes.jsonl"
     monkeypatch.setenv("LEAK_TEST_NOTES", str(notes))
+    copy_bodies(pytester)
     pytester.makepyfile(helpers=HELPERS)
 
-    def run(*args: str, plugins: tuple[str, ...] = (), strict: bool = True) -> pytest.RunResult:
+    def run_inner(*args: str, plugins: tuple[str, ...] = (), strict: bool = True) -> pytest.RunResult:
         extra = [a for p in plugins for a in ("-p", p)]
-        result = pytester.runpytest_subprocess("-p", "pytest_ipc", "-p", "no:cacheprovider", *extra, *args, timeout=120)
+        result = run(pytester, *extra, *args, timeout=120, cache=False)
         result.stdout.no_fnmatch_line("*INTERNALERROR*")
         _check_nothing_left(notes, strict)
         return result
 
-    yield run
+    yield run_inner
     _check_nothing_left(notes)
 
 
@@ -311,6 +306,7 @@ def test_an_untracked_segment_left_behind_is_a_leak(pytester: pytest.Pytester, i
 OWN_PROCESSES = """
 import pytest
 
+import bodies
 import helpers
 
 
@@ -332,7 +328,7 @@ def test_pool_worker_never_unlinked(ipc_context):
 
 
 def test_a_targets_name_is_kept(ipc_context):
-    p = helpers.NAMED[ipc_context.get_start_method()](target=helpers.quick)
+    p = helpers.NAMED[ipc_context.get_start_method()](target=bodies.noop)
     p.start()
     p.join()
     assert p.exitcode == 0  # 3: the child saw another name
@@ -405,11 +401,12 @@ from multiprocessing import shared_memory
 
 import pytest
 
+import bodies
 import helpers
 
 
 def test_joined_processes(ipc_context):
-    ps = [ipc_context.Process(target=helpers.quick) for _ in range(3)]
+    ps = [ipc_context.Process(target=bodies.noop) for _ in range(3)]
     for p in ps:
         p.start()
     for p in ps:
@@ -443,7 +440,7 @@ def test_manager_in_with(ipc_context):
 
 
 def test_fixtures_and_workers(shared_value, pipe_pair, fanin_queue, ipc_workers):
-    ipc_workers.start(helpers.quick, count=2)
+    ipc_workers.start(bodies.noop, count=2)
     ipc_workers.join()
 
 
@@ -522,11 +519,12 @@ def test_warn_and_off_modes(pytester: pytest.Pytester, inner) -> None:
 def test_failing_test_is_not_blamed_twice_but_cleaned_up(pytester: pytest.Pytester, inner) -> None:
     pytester.makepyfile(
         """
+        import bodies
         import helpers
 
         def test_fails(ipc_context):
             event = ipc_context.Event()
-            p = ipc_context.Process(target=helpers.wait_for, args=(event,))
+            p = ipc_context.Process(target=bodies.wait_for, args=(event,))
             p.start()
             helpers.note("pid", p.pid)
             assert False, "the test's own failure"
@@ -582,10 +580,11 @@ def test_without_the_tmpdir_plugin_the_check_still_works(pytester: pytest.Pytest
     pytester.makepyfile(
         """
         from multiprocessing import shared_memory
+        import bodies
         import helpers
 
         def test_clean(ipc_context):
-            p = ipc_context.Process(target=helpers.quick)
+            p = ipc_context.Process(target=bodies.noop)
             p.start()
             p.join()
 

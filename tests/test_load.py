@@ -18,48 +18,27 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from leftovers import gone, kill, processes_marked, wait_until
+from leftovers import kill, processes_marked
+from sessions import SEMPREFIX_CONFTEST, copy_bodies, isolate, run
 
-# Worker targets in a module that does not import pytest (spawn workers start
-# fast); every worker records its pid first.
-HELPERS = """
-import os
-
-
-def add_locked(counter, n):
-    with open(os.environ["IPC_TEST_PIDFILE"], "a") as f:
-        f.write(f"{os.getpid()}\\n")
-    for _ in range(n):
-        with counter.get_lock():
-            counter.value += 1
-"""
-
-# A private prefix for the inner session's named semaphores (see tests/test_launcher.py).
-CONFTEST = """
-import multiprocessing
-import os
-
-multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-"""
-
+# Every worker runs bodies.record_then_add_locked: it records its pid first.
 # Six race tests of 60 runs, each run two workers adding 1 under the lock 50 times.
 MANY_RUNS = """
 import pytest
 
-from helpers import add_locked
+from bodies import record_then_add_locked
 
 
 @pytest.mark.parametrize("case", range(6))
 @pytest.mark.ipc_race(runs=60)
 def test_many(case, shared_value, ipc_workers):
-    ipc_workers.start(add_locked, args=(shared_value, 50), count=2)
+    ipc_workers.start(record_then_add_locked, args=(shared_value, 50), count=2)
     ipc_workers.join()
 """
 
@@ -68,13 +47,13 @@ def test_many(case, shared_value, ipc_workers):
 MANY_WORKERS = """
 import pytest
 
-from helpers import add_locked
+from bodies import record_then_add_locked
 
 
 @pytest.mark.ipc_timeout(120)
 @pytest.mark.ipc_race(runs=3)
 def test_wide(shared_value, ipc_workers):
-    ipc_workers.start(add_locked, args=(shared_value, 50), count=64)
+    ipc_workers.start(record_then_add_locked, args=(shared_value, 50), count=64)
     ipc_workers.join()
 """
 
@@ -95,7 +74,7 @@ import tracemalloc
 
 import pytest
 
-from helpers import add_locked
+from bodies import record_then_add_locked
 
 FIRST, LAST = 20, 200
 calls = [0]
@@ -124,7 +103,7 @@ def test_memory(shared_value, ipc_workers_at_run_time, record_property):
     calls[0] += 1
     print("x" * 2047)
     record_property("run", calls[0])
-    ipc_workers.start(add_locked, args=(shared_value, 5), count=2)
+    ipc_workers.start(record_then_add_locked, args=(shared_value, 5), count=2)
     ipc_workers.join()
     if calls[0] == 10:
         tracemalloc.start()
@@ -156,7 +135,7 @@ class Run:
 
     result: pytest.RunResult
     report: dict[str, Any]
-    pids: list[str]  # one line per worker started, all runs
+    pids: list[int]  # one per worker started, all runs
 
     def report_lines(self) -> list[tuple[str, int, int, str]]:
         """(node id, runs, distinct outcomes, verdict) of each line of the ``ipc race report`` section."""
@@ -167,50 +146,27 @@ class Run:
 @pytest.fixture
 def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., Run]]:
     """Runs the session written in ``pytester`` and checks that nothing of it is left."""
-    # Only pytest-ipc and xdist: every other installed plugin would cost
-    # start-up time in each of the session's processes.
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    marker = uuid.uuid4().hex
-    monkeypatch.setenv("IPC_TEST_RUN", marker)
-    prefix = f"ipctest{marker[:10]}"
-    monkeypatch.setenv("IPC_TEST_SEMPREFIX", prefix)
-    pidfile = tmp_path / "pids.txt"
-    monkeypatch.setenv("IPC_TEST_PIDFILE", str(pidfile))
+    # Only pytest-ipc and xdist (-p xdist.plugin where it is needed).
+    isolation = isolate(monkeypatch, tmp_path)
     basetemp = tmp_path / "basetemp"
-    pytester.makepyfile(helpers=HELPERS)
-    pytester.makeconftest(CONFTEST)
+    copy_bodies(pytester)
+    pytester.makeconftest(SEMPREFIX_CONFTEST)
 
-    def run(*args: str, timeout: float = 120) -> Run:
+    def run_inner(*args: str, timeout: float = 120) -> Run:
         xdist = ["-p", "xdist.plugin"] if "-n" in args else []
-        result = pytester.runpytest_subprocess(
-            "-p",
-            "pytest_ipc",
-            *xdist,
-            "-p",
-            "no:cacheprovider",
-            "--ipc-report=report.json",
-            f"--basetemp={basetemp}",
-            *args,
-            timeout=timeout,
+        result = run(
+            pytester, *xdist, "--ipc-report=report.json", f"--basetemp={basetemp}", *args, timeout=timeout, cache=False
         )
-        pids = pidfile.read_text().split() if pidfile.exists() else []
-        alive = wait_until(lambda: [p for p in map(int, pids) if not gone(p)], 10)
-        left = wait_until(lambda: processes_marked(marker), 10)
-        described = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in left]
-        kill(left)  # never leave them behind, even when failing
-        kill(alive)
-        assert not alive, f"workers outlived the session: {alive}"
-        assert not left, "processes of the session outlived it:\n" + "\n".join(described)
-        shm = wait_until(lambda: [e.name for e in Path("/dev/shm").iterdir() if prefix in e.name], 5)
-        assert not shm, f"left in /dev/shm: {shm}"
+        pids = isolation.pids()
+        isolation.check_nothing_left(pids)
         assert not list(basetemp.glob("ipc-workers-*")), "a worker group directory was left behind"
         result.stdout.no_fnmatch_line("*INTERNALERROR*")
         result.stderr.no_fnmatch_line("*leaked*")  # the resource tracker's complaint
         report = json.loads((pytester.path / "report.json").read_text())
         return Run(result, report, pids)
 
-    yield run
-    kill(processes_marked(marker))  # a run that raised before its own checks
+    yield run_inner
+    kill(processes_marked(isolation.marker))  # a run that raised before its own checks
 
 
 def test_many_race_tests_under_xdist_run_every_run_and_leave_nothing(

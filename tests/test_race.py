@@ -11,25 +11,19 @@ import re
 import shlex
 
 import pytest
-from sessions import load_report, report_line, run, session_seed
+from sessions import copy_bodies, load_report, report_line, run, session_seed
 
 # The start method of a session that names none, which these tests accept:
 # the platform's default (on Linux fork before Python 3.14, forkserver from 3.14).
 DEFAULT_METHOD = multiprocessing.get_start_method()
 
-# The seed's counter, unlocked and locked, as users write it.  Worker targets
-# live at module level so the scenario is the same under every start method.
+# The seed's counter, unlocked and locked, as users write it.  The worker
+# targets are bodies.py's (copy_bodies puts it beside the module), so the
+# scenario is the same under every start method.
 COUNTER = """
 import pytest
 
-def add(counter, n):
-    for _ in range(n):
-        counter.value += 1          # get, then set: not atomic
-
-def add_locked(counter, n):
-    for _ in range(n):
-        with counter.get_lock():
-            counter.value += 1
+from bodies import add, add_locked
 
 # Not flaky: with the default amplification (jitter low) and the start
 # barrier of ipc_workers, 9 workers x 50 unlocked increments under fork lost
@@ -105,6 +99,7 @@ def histogram_after(lines: list[str], headline: str) -> list[tuple[str, int]]:
 
 def test_seed_counter_races_and_locked_counter_passes(pytester: pytest.Pytester) -> None:
     """The unlocked counter fails with RaceDetected and a most-common-first histogram; the locked one passes."""
+    copy_bodies(pytester)
     pytester.makepyfile(test_counter=COUNTER)
     # Every run, for a histogram of 20 (tests/test_stop.py: without it the race stops early).
     result = run(pytester, "-v", "--ipc-all-runs")
@@ -254,6 +249,7 @@ def test_budget_stops_new_runs(pytester: pytest.Pytester) -> None:
 
 def test_xfail_strict_race_detected(pytester: pytest.Pytester) -> None:
     """xfail(strict, raises=RaceDetected): xfailed on a race, XPASS(strict) failure without one."""
+    copy_bodies(pytester)
     pytester.makepyfile(
         test_xfail=COUNTER_10.replace(
             "@pytest.mark.ipc_race(runs=10)",
@@ -355,12 +351,11 @@ def test_some_runs_failing_is_a_race(pytester: pytest.Pytester) -> None:
 
 def test_race_under_spawn(pytester: pytest.Pytester) -> None:
     """Under a parametrized start method the verdict names it and the rerun line is the test id alone."""
+    copy_bodies(pytester)  # a pytest-free target module: each spawn worker imports it
     pytester.makepyfile(
-        # A pytest-free target module: each spawn worker imports it.
-        helpers=COUNTER.split("# Not flaky")[0].replace("import pytest", ""),
         test_spawn="""
         import pytest
-        from helpers import add_locked
+        from bodies import add_locked
 
         @pytest.mark.ipc_start_methods("spawn")
         @pytest.mark.ipc_race(runs=2, expect=99)
@@ -446,6 +441,7 @@ def test_rerun_line_replays_the_seeds(pytester: pytest.Pytester) -> None:
 
 def test_xdist_controller_reports_once(pytester: pytest.Pytester) -> None:
     """Under -n 2 the controller prints the race report once and writes the JSON; workers share its seed."""
+    copy_bodies(pytester)
     pytester.makepyfile(test_counter=COUNTER_10, test_recorded=RECORDED.replace("def test_plain", "def _plain"))
     result = run(
         pytester, "-n", "2", "-v", "--ipc-report=report.json", "-k", "not broken and not wrong and not unhashable"

@@ -28,16 +28,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sessions import SEMPREFIX_CONFTEST, copy_bodies, isolate, run
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and /dev/shm")
 
 # Worker targets and the inner sessions' checks, in a module that does not
-# import pytest, so that spawn workers start fast.
+# import pytest, so that spawn workers start fast.  Its own: what each
+# security check looks at (modes, owners, sockets, the files a session makes).
 HELPERS = '''
 import ctypes
 import json
@@ -140,12 +141,6 @@ def append_to_nested(d):
     d["inner"].append(1)
 
 
-def locked_add(counter, n):
-    for _ in range(n):
-        with counter.get_lock():
-            counter.value += 1
-
-
 def send(conn, item):
     conn.send(item)
 
@@ -155,15 +150,7 @@ def crash():
     ctypes.string_at(0)
 '''
 
-CONFTEST = """
-import multiprocessing
-import os
-
-os.umask(0)
-# A private prefix for the named semaphores of this session, so that its
-# entries in /dev/shm can be told apart from other processes'.
-multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
-"""
+CONFTEST = SEMPREFIX_CONFTEST + "\nos.umask(0)\n"
 
 # The longest AF_UNIX socket path the plugin puts under basetemp (sun_path
 # holds 104 bytes on macOS and the BSDs, 108 on Linux, NUL included), and
@@ -185,23 +172,21 @@ def session(
     Checks afterwards that the session left none of its named semaphores in
     /dev/shm.
     """
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    prefix = f"ipctest{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("IPC_TEST_SEMPREFIX", prefix)
+    isolation = isolate(monkeypatch, tmp_path)
     out = tmp_path / "facts.jsonl"
     monkeypatch.setenv("IPC_TEST_OUT", str(out))
     pytester.makepyfile(helpers=HELPERS)
     pytester.makeconftest(CONFTEST)
 
-    def run(*args: str) -> tuple[pytest.RunResult, list[dict]]:
+    def run_session(*args: str) -> tuple[pytest.RunResult, list[dict]]:
         out.unlink(missing_ok=True)
-        result = pytester.runpytest_subprocess("-p", "pytest_ipc", "-p", "no:cacheprovider", *args, timeout=120)
-        leftovers = [name for name in os.listdir("/dev/shm") if prefix in name]
+        result = run(pytester, *args, timeout=120, cache=False)
+        leftovers = isolation.left_in_shm()
         assert not leftovers, f"left in /dev/shm: {leftovers}"
         result.stdout.no_fnmatch_line("*INTERNALERROR*")
         return result, _facts(out)
 
-    yield run
+    yield run_session
 
 
 def _multiprocessing_socket_path(tmpdir: Path) -> tuple[str, str]:
@@ -522,6 +507,7 @@ def test_shared_memory_semaphores_heap_files_and_worker_directories_are_private(
 EVERYTHING = """
 import pytest
 
+import bodies
 import helpers
 import pytest_ipc
 
@@ -535,7 +521,7 @@ def test_every_fixture(
     fanin_queue.put(counter)
     ipc_workers.start(helpers.bump_received, args=(fanin_queue,))
     ipc_workers.start(helpers.send, args=(child, "hello"))
-    ipc_workers.start(helpers.locked_add, args=(shared_value, 5))
+    ipc_workers.start(bodies.add_locked, args=(shared_value, 5))
     ipc_workers.start(helpers.private_segment)
     ipc_workers.join()
     shared_array[0] = shared_value.value
@@ -547,7 +533,7 @@ def test_every_fixture(
 
 @pytest.mark.ipc_race(runs=3)
 def test_race(shared_value, ipc_workers):
-    ipc_workers.start(helpers.locked_add, args=(shared_value, 10), count=2)
+    ipc_workers.start(bodies.add_locked, args=(shared_value, 10), count=2)
     ipc_workers.join()
 
 
@@ -615,11 +601,10 @@ def test_a_session_writes_nothing_outside_the_given_paths(
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     # pytester points pytest's default basetemp elsewhere: leave it default.
     monkeypatch.delenv("PYTEST_DEBUG_TEMPROOT", raising=False)
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    prefix = f"ipctest{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("IPC_TEST_SEMPREFIX", prefix)
+    isolation = isolate(monkeypatch, tmp_path)
     facts = tmp_path / "facts.jsonl"
     monkeypatch.setenv("IPC_TEST_OUT", str(facts))
+    copy_bodies(pytester)
     pytester.makepyfile(helpers=HELPERS, test_everything=EVERYTHING)
     pytester.makeconftest(CONFTEST)
     rootdir = pytester.path
@@ -672,4 +657,4 @@ def test_a_session_writes_nothing_outside_the_given_paths(
     basetemps = [p for p in pytest_temp.iterdir() if p.name.startswith("pytest-") and not p.is_symlink()]
     assert len(basetemps) == 1
     assert sorted(p.name for p in basetemps[0].glob("ipc-*")) == []
-    assert [name for name in os.listdir("/dev/shm") if prefix in name] == []
+    assert isolation.left_in_shm() == []

@@ -15,7 +15,7 @@ import shlex
 from typing import Any
 
 import pytest
-from sessions import run, session_seed
+from sessions import copy_bodies, run, session_seed
 
 # The start method of a session that names none, which these tests accept:
 # the platform's default (on Linux fork before Python 3.14, forkserver from 3.14).
@@ -45,16 +45,8 @@ def test_recorded(ipc_outcome, request):
 # are not asserted: a shard's 2 runs may agree.
 COUNTER = """
 import pytest
+from bodies import add, add_locked
 from pytest_ipc import stash as state
-
-def add(counter, n):
-    for _ in range(n):
-        counter.value += 1
-
-def add_locked(counter, n):
-    for _ in range(n):
-        with counter.get_lock():
-            counter.value += 1
 
 @pytest.mark.ipc_race(runs=8)
 def test_counter(shared_value, ipc_workers):
@@ -193,6 +185,7 @@ def test_race_inside_a_shard_fails_that_shard(pytester: pytest.Pytester) -> None
 
 def test_xdist_spreads_shards_and_the_controller_merges(pytester: pytest.Pytester) -> None:
     """-n 2 --ipc-shards=4 spreads the shards over both workers; the controller prints and writes one merged entry per test."""
+    copy_bodies(pytester)
     pytester.makepyfile(test_counter=COUNTER)
     result = run(pytester, "-n", "2", "-v", "--ipc-shards=4", "--ipc-report=report.json")
     out = result.stdout.str()

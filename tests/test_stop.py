@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from sessions import race_section, report_line, report_tests, run
+from sessions import copy_bodies, race_section, report_line, report_tests, run
 
 from pytest_ipc.race.runner import HISTOGRAM_RUNS
 
@@ -224,13 +224,12 @@ def test_the_tutorial_counter_stops_long_before_its_last_run(pytester: pytest.Py
     # 200 of 200 measured runs with 89 distinct totals (see test_race.COUNTER),
     # so two of the first runs disagree; making 190 of 200 runs would need the
     # first 187 totals to agree.
+    copy_bodies(pytester)
     pytester.makepyfile(
         test_counter="""
         import pytest
 
-        def add(counter, n):
-            for _ in range(n):
-                counter.value += 1
+        from bodies import add
 
         @pytest.mark.ipc_race(runs=200)
         def test_counter(shared_value, ipc_workers):

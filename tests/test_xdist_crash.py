@@ -21,15 +21,14 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from leftovers import gone, kill, processes_marked, wait_until
+from leftovers import gone, kill, processes_marked
+from sessions import SEMPREFIX_CONFTEST, copy_bodies, isolate, run
 
 from pytest_ipc.race.shards import shard_of_nodeid
 
@@ -38,15 +37,13 @@ METHODS = ["fork", "spawn", "forkserver"]
 # The inner session's timeout of every IPC wait (ipc_timeout), in seconds.
 TIMEOUT = 10
 
-# The workers' targets, in a module that does not import pytest, so that
-# spawn workers start fast.  Every target records its pid first.
+# The workers' target, in a module that does not import pytest, so that
+# spawn workers start fast.  It records its pid first.  Its own: it counts,
+# then blocks where the crash finds it.
 HELPERS = '''
 import os
 
-
-def record():
-    with open(os.environ["IPC_TEST_PIDFILE"], "a") as f:
-        f.write(f"{os.getpid()}\\n")
+from bodies import record_pid as record
 
 
 def count_then_wait(counter, up, down, keep):
@@ -62,15 +59,13 @@ def count_then_wait(counter, up, down, keep):
     down.recv()  # WAIT-LINE
 '''
 
-# A private semaphore prefix (see tests/test_launcher.py), and the file
+# A private semaphore prefix (sessions.SEMPREFIX_CONFTEST), and the file
 # descriptors of the controller (the process without ``workerinput``) at the
 # start and at the end of the session.
-CONFTEST = """
+CONFTEST = (
+    SEMPREFIX_CONFTEST
+    + """
 import json
-import multiprocessing
-import os
-
-multiprocessing.current_process()._config["semprefix"] = "/" + os.environ["IPC_TEST_SEMPREFIX"]
 
 
 def _open_fds():
@@ -95,6 +90,7 @@ def pytest_sessionfinish(session):
         with open(os.environ["IPC_TEST_FDFILE"], "w") as f:
             json.dump(new, f)
 """
+)
 
 # Shard 1 of 2 runs the runs 0 and 2 and dies in run 2, its second, after
 # run 0 completed; shard 2 runs 1 and 3.  Each run starts two workers that
@@ -165,13 +161,6 @@ class Outcome:
         return found[0]
 
 
-def _describe(proc: psutil.Process) -> str:
-    try:
-        return f"{proc.pid} {' '.join(proc.cmdline())[:120]}"
-    except psutil.Error:
-        return f"{proc.pid} (gone meanwhile)"
-
-
 def glob_escape(text: str) -> str:
     """``text`` as a literal in an fnmatch pattern: node ids have brackets."""
     return re.sub(r"[\[\]*?]", lambda m: f"[{m.group()}]", text)
@@ -182,29 +171,21 @@ def campaign(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Callable[..., Outcome]]:
     """Runs a sharded campaign under xdist and checks that nothing of it is left."""
-    # Only pytest-ipc and xdist (-p xdist.plugin): every other installed plugin
-    # would cost start-up time in each of the session's processes.
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    marker = uuid.uuid4().hex
-    monkeypatch.setenv("IPC_TEST_RUN", marker)
-    prefix = f"ipctest{marker[:10]}"
-    monkeypatch.setenv("IPC_TEST_SEMPREFIX", prefix)
-    pidfile, crashfile, fdfile = tmp_path / "pids.txt", tmp_path / "crash.txt", tmp_path / "fds.json"
-    monkeypatch.setenv("IPC_TEST_PIDFILE", str(pidfile))
+    # Only pytest-ipc and xdist (-p xdist.plugin).
+    isolation = isolate(monkeypatch, tmp_path)
+    crashfile, fdfile = tmp_path / "crash.txt", tmp_path / "fds.json"
     monkeypatch.setenv("IPC_TEST_CRASHFILE", str(crashfile))
     monkeypatch.setenv("IPC_TEST_FDFILE", str(fdfile))
+    copy_bodies(pytester)
     pytester.makepyfile(helpers=HELPERS)
     pytester.makeconftest(CONFTEST)
 
-    def run(method: str, how: str, crash_runs: tuple[int, ...] = (2,)) -> Outcome:
+    def run_campaign(method: str, how: str, crash_runs: tuple[int, ...] = (2,)) -> Outcome:
         pytester.makepyfile(test_campaign=CAMPAIGN.format(crash_runs=crash_runs, timeout=TIMEOUT, how=how))
-        result = pytester.runpytest_subprocess(
-            "-p",
-            "pytest_ipc",
+        result = run(
+            pytester,
             "-p",
             "xdist.plugin",
-            "-p",
-            "no:cacheprovider",
             "-n",
             "2",
             "--ipc-shards=2",
@@ -212,9 +193,10 @@ def campaign(
             "--ipc-report=report.json",
             f"--basetemp={tmp_path / 'basetemp'}",
             timeout=60,
+            cache=False,
         )
         ended = time.time()
-        pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
+        pids = isolation.pids()
         crash = None
         if crashfile.exists():
             pid, when = crashfile.read_text().split()
@@ -222,24 +204,16 @@ def campaign(
 
         # Nothing of the run is alive: the crashed worker, its orphaned
         # children, its fork server and resource tracker; the other processes.
-        alive = wait_until(lambda: [p for p in pids if not gone(p)], 10)
-        left = wait_until(lambda: processes_marked(marker), 10)
-        described = [_describe(p) for p in left]
-        kill(left)  # never leave them behind, even when failing
-        kill(alive)
-        assert not alive, f"workers outlived the session: {alive}"
-        assert not left, "processes of the run outlived it:\n" + "\n".join(described)
-        shm = wait_until(lambda: [e.name for e in Path("/dev/shm").iterdir() if prefix in e.name], 5)
-        assert not shm, f"left in /dev/shm: {shm}"
+        isolation.check_nothing_left(pids)
         new_fds = json.loads(fdfile.read_text())
         assert not new_fds, f"the controller holds file descriptors it did not hold at the start: {new_fds}"
         result.stdout.no_fnmatch_line("*INTERNALERROR*")
         report = json.loads((pytester.path / "report.json").read_text())
         return Outcome(result, report, pids, crash, ended)
 
-    yield run
+    yield run_campaign
     # A failed check above already killed what it found; this covers a run that raised earlier.
-    kill(processes_marked(marker))
+    kill(processes_marked(isolation.marker))
 
 
 @pytest.mark.parametrize("how", ["sigkill", "segfault"])
@@ -332,9 +306,7 @@ def test_split(ipc_outcome, broken_in_shard_3, request):
 def test_shard_that_cannot_set_up_is_reported_missing(pytester: pytest.Pytester) -> None:
     """A set-up error in one shard makes an agreeing test INCOMPLETE; a race the others show stays a RACE."""
     pytester.makepyfile(test_setup=SETUP_ERROR)
-    result = pytester.runpytest_subprocess(
-        "-p", "pytest_ipc", "-p", "no:cacheprovider", "--ipc-shards=3", "--ipc-report=report.json", timeout=60
-    )
+    result = run(pytester, "--ipc-shards=3", "--ipc-report=report.json", timeout=60, cache=False)
     result.assert_outcomes(passed=4, errors=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
@@ -376,9 +348,7 @@ def test_complete_campaign_has_no_missing_shards(pytester: pytest.Pytester) -> N
             ipc_outcome.record("same")
         """
     )
-    result = pytester.runpytest_subprocess(
-        "-p", "pytest_ipc", "-p", "no:cacheprovider", "--ipc-shards=3", "--ipc-report=report.json", timeout=60
-    )
+    result = run(pytester, "--ipc-shards=3", "--ipc-report=report.json", timeout=60, cache=False)
     result.assert_outcomes(passed=3)
     result.stdout.no_fnmatch_line("*sent no result*")
     [entry] = json.loads((pytester.path / "report.json").read_text())["tests"]

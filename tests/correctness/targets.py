@@ -4,7 +4,8 @@ Module-level functions in a module that imports neither pytest nor the test
 modules: under spawn every worker imports this module afresh, and pulling
 pytest in there would cost more than the work the targets do.  Each target
 is the tutorial's code (or the mistake a user makes with a primitive),
-reduced to what the tests observe.
+reduced to what the tests observe.  The targets other test modules or
+bench/ start too (the tutorial's counter among them) are ``tests/bodies.py``'s.
 """
 
 from __future__ import annotations
@@ -14,19 +15,6 @@ from multiprocessing import shared_memory
 from typing import Any
 
 # -- Value and Array ----------------------------------------------------------
-
-
-def add(counter: Any, n: int) -> None:
-    """The tutorial's generate_update_number: ``+=`` without the lock."""
-    for _ in range(n):
-        counter.value += 1  # a read, then a write: not atomic
-
-
-def add_locked(counter: Any, n: int) -> None:
-    """The same, with the Value's own lock held around the read and the write."""
-    for _ in range(n):
-        with counter.get_lock():
-            counter.value += 1
 
 
 def add_to_each(array: Any, n: int) -> None:
@@ -126,11 +114,6 @@ def put_numbers_then_signal(q: Any, count: int, done: Any) -> None:
     done.release()  # put() has returned for every item: they are not all in the pipe yet
 
 
-def put_big(q: Any, size: int) -> None:
-    """Put one item far larger than a pipe's buffer and return."""
-    q.put(b"x" * size)
-
-
 # -- shared_memory ----------------------------------------------------------------
 
 
@@ -193,7 +176,3 @@ def manager_dict_add(d: Any, key: str, n: int, lock: Any = None) -> None:
         else:
             with lock:
                 d[key] += 1
-
-
-def pid() -> int:
-    return os.getpid()

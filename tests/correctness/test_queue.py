@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bodies
 import pytest
 
 import pytest_ipc
@@ -60,7 +61,7 @@ def test_consumer_stopping_at_empty_loses_items(fanin_queue: Any, ipc_workers: A
 @pytest.mark.ipc_timeout(2)
 def test_joining_producers_before_draining_deadlocks(fanin_queue: Any, ipc_workers: Any) -> None:
     """A producer whose 1 MiB item is still in its feeder thread cannot exit: join reports a hang with stacks."""
-    ipc_workers.start(targets.put_big, args=(fanin_queue, 1 << 20))
+    ipc_workers.start(bodies.put_big, args=(fanin_queue, 1 << 20))
     with pytest.raises(pytest_ipc.WorkerTimeout) as excinfo:
         ipc_workers.join()
     message = str(excinfo.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+import bodies
 import pytest
 
 import pytest_ipc
@@ -36,7 +37,7 @@ COUNTER_RUNS = 16
 def test_unlocked_value_loses_updates(shared_value: Any, ipc_workers: Any, ipc_start_method: str) -> None:
     """The tutorial's counter, as written: totals differ across runs."""
     count, n = counter_shape(ipc_start_method)
-    ipc_workers.start(targets.add, args=(shared_value, n), count=count)
+    ipc_workers.start(bodies.add, args=(shared_value, n), count=count)
     ipc_workers.join()
 
 
@@ -45,7 +46,7 @@ def test_unlocked_value_loses_updates(shared_value: Any, ipc_workers: Any, ipc_s
 def test_locked_value_totals_exactly(shared_value: Any, ipc_workers: Any, ipc_start_method: str) -> None:
     """With get_lock() held around ``+=`` every run totals count * n."""
     count, n = counter_shape(ipc_start_method)
-    ipc_workers.start(targets.add_locked, args=(shared_value, n), count=count)
+    ipc_workers.start(bodies.add_locked, args=(shared_value, n), count=count)
     ipc_workers.join()
     assert shared_value.value == count * n
 
@@ -72,7 +73,7 @@ def test_lock_false_gives_a_raw_value(shared_value: Any, ipc_context: Any) -> No
 @pytest.mark.ipc_race(runs=8)
 def test_raw_value_loses_updates(shared_value: Any, ipc_workers: Any) -> None:
     """``+=`` on a lock-free Value races exactly like on a locked one."""
-    ipc_workers.start(targets.add, args=(shared_value, 50_000), count=2)
+    ipc_workers.start(bodies.add, args=(shared_value, 50_000), count=2)
     ipc_workers.join()
 
 
