@@ -8,6 +8,8 @@ report then shows the histogram, not a traceback from inside the plugin.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 # The class behind pytest.fail(): a failure that pytest reports without a
@@ -42,7 +44,49 @@ class WorkerFailed(WorkerError):
 
 
 class WorkerTimeout(WorkerError):
-    """Workers were still running when the timeout ran out (a hang)."""
+    """Workers were still running when the timeout ran out (a hang).
+
+    Its message names the hung workers, then, when they were blocked on
+    ``multiprocessing`` locks (``Lock``, ``RLock``, ``BoundedSemaphore(1)``),
+    who holds which and who waits for which (a deadlock's wait-for cycle
+    first), then each worker's stack.  The lock facts are also data, for
+    reports (plain values: lists, dicts, strings, ints and None):
+
+    ``deadlock``
+        The workers of the wait-for cycle, in its order, each waiting for a
+        lock that the next one holds; empty when there is no cycle::
+
+            [{"worker": "left-0", "pid": 4711,
+              "holds": [{"lock": "lock_a", "kind": "Lock", "created": "test_x.py:12",
+                         "taken_at": "test_x.py:5 in left"}],
+              "waits_for": {"lock": "lock_b", "kind": "Lock", "created": "test_x.py:13",
+                            "at": "test_x.py:6 in left", "thread": "MainThread",
+                            "held_by": "right-1"}},
+             ...]
+
+        ``lock`` is the variable the lock was assigned to where it was made
+        (``"shared_value's lock"`` for a fixture's, None when unknown);
+        ``created`` where it was made (``"conftest.py:8 in the locks
+        fixture"``, ``"the shared_value fixture"``, None when unknown); the
+        lines are the user's (the first frame outside ``multiprocessing``
+        and pytest-ipc), paths relative to the working directory.
+    ``lock_waits``
+        Every hung worker's wait for a lock, in the cycle or not, as
+        ``{"worker", "pid", "waits_for"}`` with ``waits_for`` as above;
+        ``held_by`` is a worker's name, ``"the test process"``, or None
+        when no process that answered holds it.
+    """
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        deadlock: list[dict[str, Any]] | None = None,
+        lock_waits: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(msg)
+        self.deadlock: list[dict[str, Any]] = list(deadlock or ())
+        self.lock_waits: list[dict[str, Any]] = list(lock_waits or ())
 
 
 class RunsFailed(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail

@@ -100,6 +100,11 @@ def ipc_context(request: pytest.FixtureRequest, ipc_start_method: str) -> Any:
 
     if ipc_start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"start method {ipc_start_method!r} is not available on this platform")
+    from pytest_ipc._worker import lockstate
+
+    # Before any fixture makes its locks: where each was made, for a hang's
+    # deadlock report (lockstate binds its acquire as a lock is made).
+    lockstate.install()
     if stash.current_run(request.node).jitter > 0:
         from pytest_ipc._worker import amplify
 
@@ -249,6 +254,7 @@ def ipc_workers(
         seed=run.seed,
         jitter=run.jitter,
         one_gate=one_gate,
+        trace_dir=run.trace_dir,
         warn_again=forkwarn.for_config(request.config).warn_again,
     )
     request.node.stash[_gate_key] = workers._gate

@@ -64,6 +64,10 @@ class RunState:
         self.jitter = jitter
         self.outcome = Outcome()
         self.auto_total: Any = None  # shared_value / shared_array contents after the call
+        # A diagnostic run's trace directory (see race.conflicts); None: not traced.
+        self.trace_dir: str | None = None
+        # In a traced run: the names of the shared objects the test knows (see race.conflicts.names).
+        self.trace_names: dict[str, tuple[str, str]] = {}
 
 
 run_key = pytest.StashKey[RunState]()

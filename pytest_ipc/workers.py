@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from pytest_ipc import gate
-from pytest_ipc._worker import bootstrap, shmlog
+from pytest_ipc import deadlock, gate
+from pytest_ipc._worker import bootstrap, lockstate, shmlog
 from pytest_ipc._worker.protocol import ChildResult, ChildSpec, Stage, TargetRef, read_result, stack_path
 from pytest_ipc.errors import WorkerError, WorkerFailed, WorkerStartError, WorkerTimeout
 from pytest_ipc.gate import StartGate
@@ -113,12 +113,22 @@ def _is_bootstrap_frame(line: str) -> bool:
     own bootstrap, or (3.13, where the exit functions run from atexit after
     it) the fork.  Frames are told by their file's path and function name.
     """
+    return _frame_of(line) in _BOOTSTRAP_FRAMES
+
+
+def _frame_of(line: str) -> tuple[str, str] | None:
+    """The file and function of a faulthandler frame line; None for another line."""
     line = line.strip()
     if not line.startswith('File "'):
-        return False
+        return None
     filename, _, rest = line[len('File "') :].partition('", line ')
-    function = rest.rpartition(" in ")[2]
-    return (filename, function) in _BOOTSTRAP_FRAMES
+    return filename, rest.rpartition(" in ")[2]
+
+
+def _is_lock_plumbing(line: str) -> bool:
+    """Is this faulthandler line a frame of pytest-ipc's lock patches (where a blocked acquire sits)?"""
+    frame = _frame_of(line)
+    return frame is not None and (frame[0] == lockstate.__file__ or frame in _LOCK_WRAPPERS)
 
 
 def _bootstrap_frames() -> frozenset[tuple[str, str]]:
@@ -135,14 +145,19 @@ def _bootstrap_frames() -> frozenset[tuple[str, str]]:
 
 
 _BOOTSTRAP_FRAMES = _bootstrap_frames()
+# Amplification's wrappers of SemLock.__enter__/__exit__, around lockstate's.
+_AMPLIFY_PATCHES = os.path.join(os.path.dirname(lockstate.__file__), "amplify", "patches.py")
+_LOCK_WRAPPERS = frozenset({(_AMPLIFY_PATCHES, "__enter__"), (_AMPLIFY_PATCHES, "__exit__")})
 
 
 def trim_stack(text: str) -> str:
-    """A worker's faulthandler dump, without the frames below our bootstrap.
+    """A worker's faulthandler dump, without the frames below our bootstrap, nor our lock patches'.
 
     Under fork those frames are the parent's (pytest's own call stack at the
     moment of the fork), under spawn multiprocessing's start-up: noise that
-    hides the worker's real stack.
+    hides the worker's real stack.  A worker blocked on a lock shows
+    multiprocessing's frame or the user's line on top, not the patches that
+    note who holds what (see :mod:`pytest_ipc.deadlock`).
     """
     out: list[str] = []
     skipping = False
@@ -155,6 +170,8 @@ def trim_stack(text: str) -> str:
             continue
         if _is_bootstrap_frame(line):
             skipping = True
+            continue
+        if _is_lock_plumbing(line):
             continue
         out.append(line)
     return "\n".join(out).strip()
@@ -311,6 +328,7 @@ class IpcWorkers:
         seed: int = 0,
         jitter: float = 0.0,
         one_gate: bool = False,
+        trace_dir: str | None = None,
         warn_again: Callable[[list[warnings.WarningMessage]], None] | None = None,
     ) -> None:
         self._ctx = ctx
@@ -319,6 +337,7 @@ class IpcWorkers:
         self.timeout = timeout
         self.seed = seed
         self.jitter = jitter
+        self.trace_dir = trace_dir  # a diagnostic run's (see pytest_ipc.race.conflicts)
         self._workdir = tempfile.mkdtemp(prefix="ipc-workers-", dir=basetemp)
         self.workers: list[Worker] = []
         self._closed = False
@@ -327,6 +346,9 @@ class IpcWorkers:
         # each start() lets its own workers go together.
         self._gate = StartGate(ctx, timeout, hold=one_gate, workdir=self._workdir)
         self.gate_overdue: str | None = None
+        # Where the test's locks are made, taken and waited for, for the
+        # report of a deadlock (see pytest_ipc.deadlock); fork workers inherit it.
+        lockstate.install()
 
     @property
     def start_method(self) -> str:
@@ -390,6 +412,7 @@ class IpcWorkers:
                     jitter=self.jitter,
                     parent_pid=parent_pid,
                     shm_log=shmlog.current(),
+                    trace_dir=self.trace_dir,
                 )
                 proc = self._ctx.Process(
                     target=bootstrap.bootstrap,
@@ -456,7 +479,13 @@ class IpcWorkers:
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._hang(list(waiting.values()), new, f"did not reach the start barrier within {self.timeout:g}s")
+                # No lock state to ask for: their targets have not started.
+                self._hang(
+                    list(waiting.values()),
+                    new,
+                    f"did not reach the start barrier within {self.timeout:g}s",
+                    ask_locks=False,
+                )
             sentinels = {w.process.sentinel: w for w in waiting.values()}
             # At EOF the read end stays readable: waiting on it again would spin.
             handles = list(sentinels) if eof else [ready_r, *sentinels]
@@ -555,9 +584,22 @@ class IpcWorkers:
         for w in running:
             w.stopped_early = True
 
-    def _hang(self, hung: list[Worker], group: list[Worker], why: str) -> None:
-        """Collect the stacks of ``hung`` workers, end them all, raise WorkerTimeout."""
+    def _hang(self, hung: list[Worker], group: list[Worker], why: str, ask_locks: bool = True) -> None:
+        """Collect the lock state and stacks of ``hung`` workers, end them all, raise WorkerTimeout.
+
+        The lock state (who holds which lock, who waits for which: a
+        deadlock's wait-for cycle) is asked for first, while the workers
+        still run, and printed before the stacks.
+        """
         __tracebackhide__ = True
+        locks = deadlock.LockReport()
+        if ask_locks:
+            asked = [
+                deadlock.Asked(w.name, w.index, w.pid, w.process.sentinel)
+                for w in hung
+                if w.pid is not None and w.running()
+            ]
+            locks = deadlock.examine(asked, self._workdir)
         for w in hung:
             if w.pid is None:  # never started: nothing to ask for its stacks
                 continue
@@ -580,7 +622,8 @@ class IpcWorkers:
             if not w.joined:
                 self._collect(w)
         names = ", ".join(w.label() for w in hung)
-        raise WorkerTimeout(f"{names} {why}; ended them.\n" + "\n".join(stacks))
+        text = "\n".join([f"{names} {why}; ended them.", *([locks.text] if locks.text else []), *stacks])
+        raise WorkerTimeout(text, deadlock=locks.deadlock, lock_waits=locks.lock_waits)
 
     def _failure_text(self, failed: list[Worker], when: str, group: Sequence[Worker]) -> str:
         lines = []

@@ -128,9 +128,9 @@ def test_a_missing_job_makes_the_merge_incomplete(pytester: pytest.Pytester, mon
     [
         (None, "cannot read {path}: No such file or directory"),
         ("{not json", "{path} is not JSON: "),
-        ('{"schema": 3}', "{path} is not a pytest-ipc --ipc-report file"),
-        ('{"schema": 1, "tests": []}', "{path} has report schema 1; this pytest-ipc merges schema 3"),
-        ('{"schema": 3, "tests": [{"nodeid": "t"}]}', "{path}: test 0 lacks runs, failed_runs"),
+        ('{"schema": 4}', "{path} is not a pytest-ipc --ipc-report file"),
+        ('{"schema": 1, "tests": []}', "{path} has report schema 1; this pytest-ipc merges schema 4"),
+        ('{"schema": 4, "tests": [{"nodeid": "t"}]}', "{path}: test 0 lacks runs, failed_runs"),
     ],
     ids=["missing", "not-json", "no-tests", "old-schema", "bad-entry"],
 )

@@ -387,7 +387,7 @@ def test_json_report(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--ipc-report=out/report.json")
     result.assert_outcomes(passed=2, failed=4)
     report = load_report(pytester, "out/report.json")
-    assert report["schema"] == 3
+    assert report["schema"] == 4
     assert report["seed"] == session_seed(result)
     assert report["exitstatus"] == 1
     tests = {t["nodeid"]: t for t in report["tests"]}

@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pytest_ipc._worker import lockstate
 from pytest_ipc._worker.protocol import (
     ChildResult,
     ChildSpec,
     Stage,
     TargetRef,
+    lock_answers_path,
+    lockstate_path,
     read_gate_deadline,
     stack_path,
     write_result,
@@ -55,6 +58,12 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
         raise SystemExit(1)
 
     stop_code_points: Callable[[], None] | None = None
+    if spec.trace_dir:
+        from pytest_ipc._worker import amplify, trace
+
+        amplify.install()
+        trace.start(spec.trace_dir, spec.name)
+        trace.trace_raw((*args, *kwargs.values()))
     if spec.jitter > 0:
         from pytest_ipc._worker import amplify
 
@@ -75,6 +84,8 @@ def bootstrap(spec: ChildSpec, target: Any, args: tuple[Any, ...], kwargs: dict[
             # standard library's, and before 3.12 a trace function would slow
             # all of it.  The IPC points stay, for queues flushed at exit.
             stop_code_points()
+        if spec.trace_dir:
+            trace.stop()
 
     if value is not None:
         try:
@@ -196,6 +207,9 @@ def _prepare_process(spec: ChildSpec) -> None:
     # from a signal handler, on SIGABRT (a hang) and on a crash.
     stack_file = open(stack_path(spec.workdir, spec.index), "w")
     faulthandler.enable(file=stack_file, all_threads=True)
+    # Which locks it holds and waits for, told the parent at a hang (a deadlock report).
+    lockstate.install()
+    lockstate.answer_queries(lockstate_path(spec.workdir, spec.index), lock_answers_path(spec.workdir))
 
 
 def _pass_barrier(go: Any, timeout: float, gate_deadline: float | None = None, workdir: str = "") -> bool:

@@ -8,7 +8,9 @@ Out: a :class:`ChildResult`, pickled into a file of the group's private
 directory, never sent through a pipe that the parent might not be reading (a
 large traceback in a full pipe would hang the child at exit); and the
 worker's stacks, written by faulthandler into a file of its own on SIGABRT
-(a hang) or a crash.
+(a hang) or a crash; and, asked at a hang, its lock state (see
+:mod:`.lockstate`), written into a file of its own with a byte into the
+group's answer FIFO to say it is complete.
 
 Standard library only.  No ``dataclasses`` here: importing it costs a spawn
 worker about 10-20 ms (it brings ``inspect``), more than the work of most
@@ -60,6 +62,7 @@ class ChildSpec:
         parent_pid: int | None = None,
         shm_log: tuple[str, int] | None = None,
         gate_deadline: float | None = None,
+        trace_dir: str | None = None,
     ) -> None:
         self.name = name
         self.index = index
@@ -81,12 +84,18 @@ class ChildSpec:
         # since (each start() does: see write_gate_deadline); None: it fails
         # after ``timeout`` at its barrier.
         self.gate_deadline = gate_deadline
+        # In a diagnostic run (see pytest_ipc.race.conflicts), where the
+        # worker writes the trace of its accesses; None: it is not traced.
+        self.trace_dir = trace_dir
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled (spawn, forkserver) before the target's arguments: patch
         # now, so that a Queue among them binds the amplified pipe methods.
         self.__dict__.update(state)
-        if self.jitter > 0:
+        from pytest_ipc._worker import lockstate
+
+        lockstate.install()  # before a lock among them is unpickled: its methods are bound then
+        if self.jitter > 0 or self.trace_dir:
             from pytest_ipc._worker import amplify
 
             amplify.install()
@@ -126,6 +135,15 @@ def stack_path(workdir: str, index: int) -> str:
 
 def result_path(workdir: str, index: int) -> str:
     return os.path.join(workdir, f"worker-{index}.result")
+
+
+def lockstate_path(workdir: str, index: int) -> str:
+    return os.path.join(workdir, f"worker-{index}.locks")
+
+
+def lock_answers_path(workdir: str) -> str:
+    """The FIFO that the parent opens while it waits for the hung workers' lock state."""
+    return os.path.join(workdir, "lock-answers")
 
 
 def gate_deadline_path(workdir: str) -> str:

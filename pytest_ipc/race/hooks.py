@@ -42,17 +42,21 @@ class RaceHooks:
         if run is None or not is_race(item):
             return (yield)
         deactivate: Callable[[], None] | None = None
-        if run.jitter > 0:
+        if run.jitter > 0 or run.trace_dir:
             from pytest_ipc._worker import amplify
 
-            # Processes the test starts itself, not through ipc_workers, are amplified too.
-            amplify.hand_on(run.seed, run.jitter)
+            # Processes the test starts itself, not through ipc_workers, are amplified (and traced) too.
+            amplify.hand_on(run.seed, run.jitter, run.trace_dir)
             deactivate = amplify.deactivate
         try:
             result = yield
         finally:
             if deactivate is not None:
                 deactivate()
+            if run.trace_dir:
+                from pytest_ipc.race import conflicts
+
+                run.trace_names = conflicts.names(item)  # while the fixtures' objects live
         run.auto_total = _auto_total(item)
         return result
 

@@ -20,6 +20,7 @@ import pytest
 
 from pytest_ipc import _compat, stash
 from pytest_ipc.config import RacePlan, Settings, jitter_name, race_plan, safe_repr, settings
+from pytest_ipc.race.conflicts import Tracer, summary_line
 from pytest_ipc.race.progress import Progress
 from pytest_ipc.race.schema import RaceEntry
 from pytest_ipc.race.shards import base_nodeid, job_runs, shard_of
@@ -44,6 +45,8 @@ class RaceRun:
     # A run's call has failed: later runs' failures need no formatted traceback
     # (the verdict shows the first failed run's), which costs ~20 ms a run.
     call_failed_before: bool = False
+    # The first deadlock a run's hang report found (WorkerTimeout.deadlock), for the JSON report.
+    deadlock: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -65,6 +68,7 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     started = time.monotonic()
     interrupted = False
     proof = Proof(plan)
+    tracer = Tracer(item)  # the diagnostic runs after the verdict is certain (see race.conflicts)
     progress = Progress(item, len(indices))
     proven_at: tuple[int, float] | None = None  # runs made, and the time, when the verdict became certain
     # The test's own record_property calls count for its last run only, not once per run.
@@ -73,12 +77,18 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
         for position, index in enumerate(indices):
             if position and plan.budget is not None and time.monotonic() - started >= plan.budget:
                 break
-            if proven_at is not None and (
-                len(records) >= proven_at[0] + HISTOGRAM_RUNS or time.monotonic() - proven_at[1] >= HISTOGRAM_SECONDS
+            if (
+                proven_at is not None
+                and (
+                    len(records) >= proven_at[0] + HISTOGRAM_RUNS
+                    or time.monotonic() - proven_at[1] >= HISTOGRAM_SECONDS
+                )
+                and not tracer.searching
             ):
                 break
             item.user_properties = list(own_properties)
-            record = _run_once(item, race, plan, index, stash.derive_seed(cfg.seed, seed_id, index))
+            traced = tracer if tracer.wanted(proof.reason is not None) else None
+            record = _run_once(item, race, plan, index, stash.derive_seed(cfg.seed, seed_id, index), traced)
             records.append(record)
             _forget_details(records)
             if position == 0 and _first_run_is_the_report(record):
@@ -104,26 +114,43 @@ def run_race(item: pytest.Item, nextitem: pytest.Item | None) -> None:
         if not interrupted and records:
             stopped = proof.reason if proven_at is not None and len(records) < len(indices) else None
             result = _result(item, cfg, plan, records, duration, len(indices), stopped)
+            result.deadlock = race.deadlock
+            if proof.reason is not None:
+                result.conflicts = tracer.shown()
+                result.trace = tracer.summary(planned_left=len(records) < len(indices))
             _log_verdict(item, race, result, final_teardown)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         del item.stash[stash.race_key]
 
 
-def _run_once(item: pytest.Item, race: RaceRun, plan: RacePlan, index: int, seed: int) -> RunRecord:
-    """One setup/call/teardown of ``item``, reports kept, not logged."""
+def _run_once(
+    item: pytest.Item, race: RaceRun, plan: RacePlan, index: int, seed: int, tracer: Tracer | None = None
+) -> RunRecord:
+    """One setup/call/teardown of ``item``, reports kept, not logged; a diagnostic run if ``tracer`` is given."""
     record = RunRecord(index, seed)
-    item.stash[stash.run_key] = stash.RunState(index, seed, plan.jitter)
+    state = stash.RunState(index, seed, plan.jitter)
+    state.trace_dir = tracer.begin() if tracer is not None else None
+    item.stash[stash.run_key] = state
     if stash.call_failed_key in item.stash:  # this run has not reported yet
         del item.stash[stash.call_failed_key]
     _compat.set_report_sections(item, [])  # captured output of this run only
     race.phase_excinfo = {}
     # The parent stands in for the next item: each run's teardown goes down to it.
-    record.reports = _compat.runtestprotocol(item, log=False, nextitem=item.parent)  # type: ignore[arg-type]  # a node for an item
+    try:
+        record.reports = _compat.runtestprotocol(item, log=False, nextitem=item.parent)  # type: ignore[arg-type]  # a node for an item
+    except BaseException:  # Ctrl-C, SIGTERM: the run's trace is of no use, and must not be left behind
+        if tracer is not None and state.trace_dir is not None:
+            tracer.discard(state.trace_dir)
+        raise
     forget_finished_finalizers(item)
     record.sections = list(_compat.report_sections(item))
     _score(record, race, item)
+    if tracer is not None and state.trace_dir is not None:
+        tracer.end(state.trace_dir, record, state.trace_names)
     if "call" in race.phase_excinfo and race.phase_excinfo["call"] is not None:
         race.call_failed_before = True
+        if not race.deadlock:
+            race.deadlock = list(getattr(race.phase_excinfo["call"].value, "deadlock", None) or ())
     return record
 
 
@@ -322,12 +349,15 @@ def _log_verdict(item: pytest.Item, race: RaceRun, result: RaceResult, final_tea
 
 
 def _junit_properties(entry: RaceEntry) -> list[tuple[str, object]]:
-    return [
+    properties: list[tuple[str, object]] = [
         ("ipc_runs", entry["runs"]),
         ("ipc_distinct_outcomes", entry["distinct"]),
         ("ipc_seed", entry["seed"]),
         ("ipc_verdict", entry["verdict"]),
     ]
+    # Where the race is, one property per conflict, shortened (see race.conflicts.summary_line).
+    properties.extend(("ipc_conflict", summary_line(c)) for c in entry.get("conflicts", []))
+    return properties
 
 
 def _name_verdict(report: pytest.TestReport, verdict: Verdict) -> None:

@@ -8,11 +8,42 @@ report from a pytest-xdist worker to the controller (pytest ships a report's
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 # 2: verdict "incomplete" with "missing_shards", and "interrupted" entries.
 # 3: "max_runs" and "stopped_early", as a racing test stops once its verdict is certain.
-SCHEMA_VERSION = 3
+# 4: "conflicts" and "trace": where the race is, from runs traced after the verdict.
+SCHEMA_VERSION = 4
+
+
+class ConflictAccess(TypedDict):
+    worker: str  # the process's name
+    op: str  # "read" or "write"
+    value: str  # the value read or written, as repr shows it (shortened)
+    file: str  # the user's file, relative to the rootdir when it is under it
+    line: int
+    function: str
+    source: str  # the line's text
+
+
+class Conflict(TypedDict):
+    kind: str  # "lost update" or "check-then-act"
+    object: str  # how the report names it: "shared_value (Value('i'), created by the shared_value fixture)"
+    type: str  # "Value('i')", "Array('d', 4)", "Namespace proxy"...
+    created: str  # "created by the X fixture", "created at f.py:3", or ""
+    key: str | None  # the element of an Array, the key of a dict or attribute of a namespace, as repr shows it
+    run: int  # the traced run it happened in, and that run's seed
+    seed: int
+    order: str  # "lock": ordered by the object's own lock (exact); "time": by the monotonic clock
+    accesses: list[ConflictAccess]  # in that order
+    note: str  # what the last access did wrong
+    writes_between: int  # the writes among the shown accesses' span, besides the last access (at most 4 are shown)
+
+
+class TraceSummary(TypedDict):
+    traced_runs: int  # runs traced after the verdict became certain
+    found: bool  # whether one showed a conflict
+    note: str  # when none did: why, and what the traced runs touched
 
 
 class MissingShard(TypedDict):
@@ -38,6 +69,11 @@ class RaceEntry(TypedDict, total=False):
     max_runs: int  # the most runs the test could make (runs, or its shard's share)
     job_shard: list[int]  # [i, k] under --ipc-job-shard=i/k: this CI job's share of the runs
     stopped_early: str | None  # why it made fewer: the verdict was certain; None when it did not stop
+    # A failing verdict's diagnosis (see race.conflicts): the conflicts found, and the trace's summary.
+    conflicts: list[Conflict]
+    trace: TraceSummary
+    # A run's hang that was a deadlock: WorkerTimeout.deadlock, one dict per worker of the cycle.
+    deadlock: list[dict[str, Any]]
     # Added by the reporter (not sent by the runner).
     outcome: str  # pytest's: passed, failed, skipped (xfail), or interrupted
     xfail: bool

@@ -19,7 +19,8 @@ import pytest
 
 from pytest_ipc.config import RacePlan, jitter_name, safe_repr, shorten
 from pytest_ipc.errors import RaceDetected, RunsFailed, UnexpectedOutcome
-from pytest_ipc.race.schema import SHARD_ONLY, RaceEntry
+from pytest_ipc.race.conflicts import format_findings
+from pytest_ipc.race.schema import SHARD_ONLY, Conflict, RaceEntry, TraceSummary
 
 
 @dataclass(slots=True)
@@ -349,6 +350,10 @@ class RaceResult:
     duration: float = 0.0
     planned: int = 0  # the most runs this item could make
     stopped: str | None = None  # why it stopped before them: the verdict was certain
+    # Where the race is (see race.conflicts): what the runs traced after the verdict showed.
+    conflicts: list[Conflict] = field(default_factory=list)
+    trace: TraceSummary | None = None
+    deadlock: list[dict[str, Any]] = field(default_factory=list)  # a hang's wait-for cycle (WorkerTimeout.deadlock)
 
     @property
     def label(self) -> str:
@@ -414,6 +419,9 @@ class RaceResult:
             outcome=safe_repr(records[0].outcome),
             expected=safe_repr(self.plan.expect),
         )
+        diagnosis = format_findings(self.conflicts, self.trace)
+        if diagnosis:
+            detail = f"{diagnosis}\n{detail}" if detail else diagnosis
         if self.stopped is not None:
             stop = f"{self.stop_note()}\n"
             detail = stop + detail if detail else stop.rstrip("\n")
@@ -426,7 +434,7 @@ class RaceResult:
     def entry(self, verdict: Verdict) -> RaceEntry:
         """The facts of these runs, as they travel on the report and into the JSON report."""
         rows, _ = self._rows
-        return RaceEntry(
+        entry = RaceEntry(
             nodeid=self.nodeid,
             runs=len(self.records),
             failed_runs=sum(r.failed for r in self.records),
@@ -440,7 +448,16 @@ class RaceResult:
             duration=round(self.duration, 4),
             max_runs=self.planned,
             stopped_early=self.stopped,
+            **_diagnosis(self.conflicts, self.trace),
         )
+        if self.deadlock:
+            entry["deadlock"] = self.deadlock
+        return entry
+
+
+def _diagnosis(conflicts: list[Conflict], trace: TraceSummary | None) -> RaceEntry:
+    """The entry's ``conflicts`` and ``trace``, when runs were traced."""
+    return RaceEntry(conflicts=conflicts, trace=trace) if trace is not None else RaceEntry()
 
 
 def _longrepr_text(longrepr: Any) -> str:
@@ -500,6 +517,13 @@ def merge(shards: list[RaceEntry], parts: str = "shards") -> tuple[RaceEntry, st
             stopped_early=next((d["stopped_early"] for d in shards if d.get("stopped_early")), None),
         )
     )
+    # Where the race is: what the first part whose traced runs found one showed, else the first traced part's note.
+    traced = [d for d in shards if "trace" in d]
+    diagnosed = next((d for d in traced if d.get("conflicts")), traced[0] if traced else None)
+    merged.pop("conflicts", None)
+    merged.pop("trace", None)
+    if diagnosed is not None:
+        merged.update(_diagnosis(diagnosed.get("conflicts", []), diagnosed["trace"]))
     if kind is Kind.PASSED:
         return merged, None
     tail = settings_tail(first["start_method"], first["seed"], first["jitter"] or 0.0)
@@ -511,4 +535,5 @@ def merge(shards: list[RaceEntry], parts: str = "shards") -> tuple[RaceEntry, st
         outcome=rows[0][0],
         expected=first.get("expected", "one"),
     )
-    return merged, message(f"{kind.error_class().__name__}: {head} ({tail})", rows, label, first["rerun"])
+    detail = format_findings(merged.get("conflicts", []), merged.get("trace"))
+    return merged, message(f"{kind.error_class().__name__}: {head} ({tail})", rows, label, first["rerun"], detail)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pytest_ipc._worker import trace
 from pytest_ipc._worker.amplify import codepoints, locks, patches, stream
 
 install = patches.install
@@ -38,7 +39,7 @@ def activate(seed: int, index: int, p: float, uses: Iterable[Any] = ()) -> None:
     function and come on demand, unguarded shared memory among them switches
     them on from the start.
     """
-    hand_on(seed, p)
+    hand_on(seed, p, trace.directory())  # its own children are traced if it is
     stream.start_main(stream.Amplifier(seed, index, p) if p > 0 else None)
     locks.shared_held.clear()  # a forked child's copy of the locks its parent held
     codepoints.stop()  # a forked child's copy of its parent's are not its own

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from pytest_ipc._worker import lazy, startpatch
+from pytest_ipc._worker import lazy, startpatch, trace
 from pytest_ipc._worker.amplify import codepoints, locks, stream
 from pytest_ipc._worker.amplify.stream import point, thread_start
 
@@ -50,17 +50,6 @@ def _wrap_before(func: Callable[..., Any], guarded: Guard | None = None) -> Call
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         point(guarded, args[0])
         return func(*args, **kwargs)
-
-    wrapper.__wrapped__ = func  # type: ignore[attr-defined]  # marks it patched
-    return wrapper
-
-
-def _wrap_around(func: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        point()
-        result = func(*args, **kwargs)
-        point()
-        return result
 
     wrapper.__wrapped__ = func  # type: ignore[attr-defined]  # marks it patched
     return wrapper
@@ -145,17 +134,65 @@ def _lock_exit(exit_: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _patch_sharedctypes(module: ModuleType) -> None:
-    _patch_property(module.Synchronized, "value", guarded=locks.holds_own_lock)
+    _patch(module.SynchronizedBase, "__init__", _noting_creation)
+    for name in ("RawValue", "RawArray"):
+        if not hasattr(getattr(module, name), "__wrapped__"):
+            setattr(module, name, _noting_made(getattr(module, name)))
+    prop = module.Synchronized.__dict__.get("value")
+    if isinstance(prop, property) and prop.fget and prop.fset and not hasattr(prop.fget, "__wrapped__"):
+        # The same points as _patch_property's, and the trace of a diagnostic run.
+        module.Synchronized.value = property(
+            _traced(prop.fget, trace.value_get, after=True), _traced(prop.fset, trace.value_set), None, prop.__doc__
+        )
     array = module.SynchronizedArray
-    for name in ("__getitem__", "__getslice__"):
-        _patch(array, name, functools.partial(_wrap_after, guarded=locks.holds_own_lock))
-    for name in ("__setitem__", "__setslice__"):
-        _patch(array, name, functools.partial(_wrap_before, guarded=locks.holds_own_lock))
+    _patch(array, "__getitem__", functools.partial(_traced, traced=trace.item_get, after=True))
+    _patch(array, "__setitem__", functools.partial(_traced, traced=trace.item_set))
+    _patch(array, "__getslice__", functools.partial(_wrap_after, guarded=locks.holds_own_lock))
+    _patch(array, "__setslice__", functools.partial(_wrap_before, guarded=locks.holds_own_lock))
+
+
+def _traced(func: Callable[..., Any], traced: Callable[..., Any], after: bool = False) -> Callable[..., Any]:
+    """A synchronized accessor with its point (after a read, before a write) that a traced run records."""
+
+    def wrapper(self: Any, *args: Any) -> Any:
+        if not after:
+            point(locks.holds_own_lock, self)
+        result = func(self, *args) if trace.events is None else traced(self, *args)
+        if after:
+            point(locks.holds_own_lock, self)
+        return result
+
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]  # marks it patched
+    return wrapper
+
+
+def _noting_made(make: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(make)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        obj = make(*args, **kwargs)
+        trace.note_creation(obj)  # where the user made it, for a diagnostic run's report
+        return obj
+
+    return wrapper
+
+
+def _noting_creation(init: Callable[..., Any]) -> Callable[..., Any]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        trace.note_creation(self)  # where the user made it, for a diagnostic run's report
+
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]  # marks it patched
+    return __init__
 
 
 def _patch_synchronize(module: ModuleType) -> None:
+    from pytest_ipc._worker import lockstate
+
+    lockstate.patch(module)  # first: these wrap its methods, which take and note the lock
     _patch(module.SemLock, "__init__", _lock_init)
-    _patch(module.SemLock, "__enter__", _lock_enter)
+    # Lock, RLock and BoundedSemaphore have an __enter__ of their own (lockstate's).
+    for cls in (module.SemLock, module.Lock, module.RLock, module.BoundedSemaphore):
+        _patch(cls, "__enter__", _lock_enter)
     _patch(module.SemLock, "__exit__", _lock_exit)
 
 
@@ -177,7 +214,24 @@ def _patch_connection(module: ModuleType) -> None:
 
 
 def _patch_managers(module: ModuleType) -> None:
-    _patch(module.BaseProxy, "_callmethod", _wrap_around)
+    _patch(module.BaseProxy, "_callmethod", _proxy_call)
+    _patch(module.BaseProxy, "__init__", _noting_creation)
+
+
+def _proxy_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A proxy call between two points; a traced run records the values it reads and writes."""
+
+    def _callmethod(self: Any, methodname: str, args: tuple[Any, ...] = (), kwds: Any = None) -> Any:
+        point()
+        if trace.events is None:
+            result = func(self, methodname, args, kwds or {})
+        else:
+            result = trace.proxy_call(self, methodname, args, lambda: func(self, methodname, args, kwds or {}))
+        point()
+        return result
+
+    _callmethod.__wrapped__ = func  # type: ignore[attr-defined]  # marks it patched
+    return _callmethod
 
 
 def _patch_shared_memory(module: ModuleType) -> None:
@@ -224,22 +278,26 @@ def install() -> None:
 _seed = 0
 _children = 0
 _child_p = 0.0
+_child_trace: str | None = None
 
 
-def hand_on(seed: int, p: float) -> None:
-    """Amplify the processes this process starts from now on, with seeds derived from ``seed``."""
-    global _seed, _children, _child_p
+def hand_on(seed: int, p: float, trace_dir: str | None = None) -> None:
+    """Amplify the processes this process starts from now on, with seeds derived from ``seed``.
+
+    With ``trace_dir``, they are traced as well (see :mod:`..trace`), into it.
+    """
+    global _seed, _children, _child_p, _child_trace
     install()
-    _seed, _children, _child_p = seed, 0, p
+    _seed, _children, _child_p, _child_trace = seed, 0, p, trace_dir
 
 
 def _layer_for(proc: Any) -> ChildAmplify | None:
     """The layer of the next child this process starts, numbered in start order."""
     global _children
-    if _child_p <= 0:
+    if _child_p <= 0 and _child_trace is None:
         return None
     _children += 1
-    return ChildAmplify(_seed, _children, _child_p)
+    return ChildAmplify(_seed, _children, _child_p, _child_trace)
 
 
 class ChildAmplify:
@@ -252,10 +310,11 @@ class ChildAmplify:
     module's import then counts as shared (see locks.shared()).
     """
 
-    def __init__(self, seed: int, index: int, p: float) -> None:
+    def __init__(self, seed: int, index: int, p: float, trace_dir: str | None = None) -> None:
         self.seed = seed
         self.index = index
         self.p = p
+        self.trace_dir = trace_dir
 
     def unpickled(self) -> None:
         install()
@@ -263,6 +322,11 @@ class ChildAmplify:
     def enter(self, work: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         from pytest_ipc._worker import amplify
 
+        if self.trace_dir is not None:
+            from multiprocessing import process
+
+            trace.start(self.trace_dir, process.current_process().name)
+            trace.trace_raw((*args, *kwargs.values()))
         # Its own children get seeds of their own, derived from its stream's key.
         seed = int(random.Random(f"{self.seed}:{self.index}").getrandbits(32))
         amplify.activate(seed, self.index, self.p, (work, *args, *kwargs.values()))
@@ -271,3 +335,4 @@ class ChildAmplify:
         # What runs after the work (multiprocessing's exit handlers, a spawn
         # child's interpreter shutdown) is not the code under test.
         codepoints.stop()
+        trace.stop()

@@ -1,0 +1,376 @@
+"""The access trace of a diagnostic run: who read and wrote which shared object, when, from which line.
+
+After an ``ipc_race`` test's verdict is certain, its next runs are traced
+until one of them shows a conflict (see :mod:`pytest_ipc.race.conflicts`).
+In a traced worker every read and write of a ``Value`` or an ``Array``
+element (synchronized, or a ``RawValue``/``RawArray`` among the worker's
+arguments), and every get and set through a ``Manager`` proxy, appends one
+event to this process's buffer; the buffer is written to a
+file of the run's trace directory when the worker's work ends.
+
+An event's time is ``time.monotonic_ns()``, one clock for every process
+of the machine.  A synchronized object's events take it while holding the
+object's own lock, so their order is the order in which the lock let them
+in: exact.  A raw object's take it just after the access, and a proxy's as
+the server's reply arrives: theirs is by time.
+
+Each access names the first frame of the user's code: not of
+``multiprocessing``, of ``pytest_ipc`` or of the interpreter's frozen
+modules.
+
+Standard library only: this runs in worker processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import marshal
+import os
+import sys
+import time
+from typing import Any
+
+# The events of this process while it is traced, else None:
+# (time_ns, object id, key, op, value, file, line, function).
+events: list[tuple[Any, ...]] | None = None
+_dir = ""
+_worker = ""
+# Per object id: (type, created, order), as this process knows it.
+_objects: dict[str, tuple[str, str, str]] = {}
+
+_SKIPPED = (
+    os.path.dirname(os.__file__) + os.sep + "multiprocessing" + os.sep,
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+    "<frozen ",
+)
+_PLAIN = (int, float, bool, str, bytes, type(None))
+
+
+def start(directory: str, worker: str) -> None:
+    """Trace this process's accesses from now on, into ``directory``, as ``worker``."""
+    global events, _dir, _worker
+    events, _dir, _worker = [], directory, worker
+    _objects.clear()
+
+
+def directory() -> str | None:
+    """Where this process writes its trace, or None if it is not traced."""
+    return _dir if events is not None else None
+
+
+def stop() -> None:
+    """Write this process's events (if it was traced) and stop tracing."""
+    global events
+    if events is None:
+        return
+    recorded, events = events, None
+    _unpatch_raw()
+    if not recorded:
+        return
+    path = os.path.join(_dir, f"{os.getpid()}.trace")
+    try:
+        with open(path + ".tmp", "wb") as f:
+            marshal.dump((_worker, _objects, recorded), f)
+        os.replace(path + ".tmp", path)
+    except OSError:  # the run is over and its directory gone: nothing to tell
+        pass
+
+
+def load(path: str) -> tuple[str, dict[str, tuple[str, str, str]], list[tuple[Any, ...]]]:
+    """A trace file's worker name, objects and events."""
+    with open(path, "rb") as f:
+        worker, objects, recorded = marshal.load(f)
+    return worker, objects, recorded
+
+
+def user_frame(depth: int = 2) -> tuple[str, int, str]:
+    """The file, line and function of the innermost frame of the user's code."""
+    frame: Any = sys._getframe(depth)
+    while frame is not None and _skipped(frame):
+        frame = frame.f_back
+    if frame is None:
+        return "?", 0, "?"
+    return frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name
+
+
+def _skipped(frame: Any) -> bool:
+    filename = frame.f_code.co_filename
+    # A proxy type's methods are made by exec() in multiprocessing.managers,
+    # in a namespace of their own: no module name, file "<string>".
+    return filename.startswith(_SKIPPED) or (filename == "<string>" and "__name__" not in frame.f_globals)
+
+
+def _plain(value: Any) -> Any:
+    return value if type(value) in _PLAIN else repr(value)[:80]
+
+
+def _record(ident: str, key: Any, op: str, value: Any, when: int) -> None:
+    if events is not None:
+        file, line, func = user_frame(3)
+        events.append((when, ident, key, op, _plain(value), file, line, func))
+
+
+# -- synchronized Value and Array: their order is their lock's ---------------
+
+
+def synchronized_id(obj: Any) -> str:
+    """The identity of a synchronized ``Value``/``Array``, the same in every process that has it.
+
+    Its memory is a block of an arena, a file that every process maps: the
+    file's inode and the block's offset name it under fork, spawn and
+    forkserver alike.
+    """
+    ident: str | None = vars(obj).get("_ipc_id")
+    if ident is None:
+        try:
+            (arena, start, _stop), _size = obj._obj._wrapper._state
+            ident = f"mem:{os.fstat(arena.fd).st_ino}:{start}"
+        except Exception:  # memory of another kind: known to this process only
+            ident = f"obj:{os.getpid()}:{id(obj)}"
+        vars(obj)["_ipc_id"] = ident  # a fork child inherits it
+    if ident not in _objects:
+        _objects[ident] = (synchronized_type(obj), vars(obj).get("_ipc_site", ""), "lock")
+    return ident
+
+
+def synchronized_type(obj: Any) -> str:
+    """``Value('i')`` or ``Array('d', 10)``: as the user made it."""
+    try:
+        raw = obj._obj
+        if hasattr(raw, "_length_"):
+            return f"Array({getattr(raw._type_, '_type_', raw._type_.__name__)!r}, {raw._length_})"
+        code = getattr(type(raw), "_type_", None)
+        return f"Value({code if isinstance(code, str) else type(raw).__name__!r})"
+    except Exception:
+        return type(obj).__name__
+
+
+def value_get(obj: Any) -> Any:
+    """``obj.value``, recorded under the object's lock."""
+    obj.acquire()
+    try:
+        value = _SIMPLE_VALUE.__get__(obj._obj)  # past a raw trace's patch (see trace_raw)
+        _record(synchronized_id(obj), None, "read", value, time.monotonic_ns())
+    finally:
+        obj.release()
+    return value
+
+
+def value_set(obj: Any, value: Any) -> None:
+    """``obj.value = value``, recorded under the object's lock."""
+    obj.acquire()
+    try:
+        _SIMPLE_VALUE.__set__(obj._obj, value)
+        _record(synchronized_id(obj), None, "write", _SIMPLE_VALUE.__get__(obj._obj), time.monotonic_ns())
+    finally:
+        obj.release()
+
+
+def _key(index: Any) -> Any:
+    return [index.start, index.stop, index.step] if isinstance(index, slice) else index
+
+
+def item_get(obj: Any, index: Any) -> Any:
+    """``obj[index]`` of a synchronized ``Array``, recorded under its lock."""
+    obj.acquire()
+    try:
+        value = ctypes.Array.__getitem__(obj._obj, index)
+        _record(synchronized_id(obj), _key(index), "read", value, time.monotonic_ns())
+    finally:
+        obj.release()
+    return value
+
+
+def item_set(obj: Any, index: Any, value: Any) -> None:
+    """``obj[index] = value`` of a synchronized ``Array``, recorded under its lock."""
+    obj.acquire()
+    try:
+        ctypes.Array.__setitem__(obj._obj, index, value)
+        written = ctypes.Array.__getitem__(obj._obj, index)
+        _record(synchronized_id(obj), _key(index), "write", written, time.monotonic_ns())
+    finally:
+        obj.release()
+
+
+# -- RawValue and RawArray: no lock orders them, so their order is by time ----
+
+_SIMPLE_VALUE: Any = ctypes._SimpleCData.__dict__["value"]
+_raw_patched: list[tuple[type, str]] = []
+
+
+def raw_id(obj: Any) -> str | None:
+    """The identity of a ``RawValue``/``RawArray`` (the memory of a synchronized one too); None for others."""
+    wrapper = getattr(obj, "_wrapper", None)
+    if wrapper is None:
+        return None
+    try:
+        (arena, start, _stop), _size = wrapper._state
+        ident = f"mem:{os.fstat(arena.fd).st_ino}:{start}"
+    except Exception:
+        return None
+    if ident not in _objects:
+        kind = (
+            f"RawArray({getattr(obj._type_, '_type_', '?')!r}, {obj._length_})"
+            if hasattr(obj, "_length_")
+            else f"RawValue({getattr(type(obj), '_type_', '?')!r})"
+        )
+        _objects[ident] = (kind, "", "time")
+    return ident
+
+
+def _raw_value() -> property:
+    def get(self: Any) -> Any:
+        value = _SIMPLE_VALUE.__get__(self)
+        if events is not None:
+            ident = raw_id(self)
+            if ident is not None:
+                _record(ident, None, "read", value, time.monotonic_ns())
+        return value
+
+    def set_(self: Any, value: Any) -> None:
+        _SIMPLE_VALUE.__set__(self, value)
+        if events is not None:
+            ident = raw_id(self)
+            if ident is not None:
+                _record(ident, None, "write", _SIMPLE_VALUE.__get__(self), time.monotonic_ns())
+
+    return property(get, set_)
+
+
+def _raw_item_get(self: Any, index: Any) -> Any:
+    value = ctypes.Array.__getitem__(self, index)
+    if events is not None:
+        ident = raw_id(self)
+        if ident is not None:
+            _record(ident, _key(index), "read", value, time.monotonic_ns())
+    return value
+
+
+def _raw_item_set(self: Any, index: Any, value: Any) -> None:
+    ctypes.Array.__setitem__(self, index, value)
+    if events is not None:
+        ident = raw_id(self)
+        if ident is not None:
+            _record(ident, _key(index), "write", ctypes.Array.__getitem__(self, index), time.monotonic_ns())
+
+
+def trace_raw(uses: Any) -> None:
+    """Trace the ``RawValue``/``RawArray`` objects among ``uses`` (a worker's arguments) until :func:`stop`.
+
+    Their types are ctypes' own (``c_int``, ``c_int_Array_4``), shared by
+    all ctypes code: the patch is made on them only while this process is
+    traced, and taken out again as its trace is written.
+    """
+    for obj in _raw_objects(uses):
+        cls = type(obj)
+        if hasattr(obj, "_length_"):
+            for name, func in (("__getitem__", _raw_item_get), ("__setitem__", _raw_item_set)):
+                if name not in cls.__dict__:
+                    setattr(cls, name, func)
+                    _raw_patched.append((cls, name))
+        elif "value" not in cls.__dict__ and isinstance(obj, ctypes._SimpleCData):
+            cls.value = _raw_value()
+            _raw_patched.append((cls, "value"))
+
+
+def _raw_objects(uses: Any, depth: int = 0) -> Any:
+    for obj in uses:
+        if getattr(obj, "_wrapper", None) is not None and not hasattr(obj, "get_lock"):
+            yield obj
+        elif depth < 2 and isinstance(obj, (tuple, list)):
+            yield from _raw_objects(obj, depth + 1)
+        elif depth < 2 and isinstance(obj, dict):
+            yield from _raw_objects(obj.values(), depth + 1)
+
+
+def _unpatch_raw() -> None:
+    while _raw_patched:
+        cls, name = _raw_patched.pop()
+        try:
+            delattr(cls, name)
+        except (AttributeError, TypeError):
+            pass
+
+
+# -- where objects were made: noted by the test process during a traced run --
+
+# Per identity, where the user's code made it; None while nothing is noted.
+_sites: dict[str, str] | None = None
+
+
+def note_sites(on: bool) -> None:
+    """Note where the objects made from now on were made (on), or stop (off); each traced run anew."""
+    global _sites
+    _sites = {} if on else None
+
+
+def note_creation(obj: Any) -> None:
+    """Note where the user's code made a synchronized object or a proxy, while sites are noted.
+
+    The identity is taken now: an object that the test body made is gone by
+    the time its report is written.  A fork child inherits the note.
+    """
+    if _sites is None:
+        return
+    file, line, _func = user_frame(3)
+    try:
+        ident = identity(obj)
+        if ident is not None:
+            _sites[ident] = vars(obj)["_ipc_site"] = f"{file}:{line}"
+    except Exception:  # an object in the making that does not answer yet: left unnamed
+        pass
+
+
+def made_here() -> dict[str, str]:
+    """The identities of the shared objects made while sites were noted, and where."""
+    return dict(_sites or {})
+
+
+def identity(obj: Any) -> str | None:
+    """The identity of a ``Value``/``Array`` (synchronized or raw) or a ``Manager`` proxy; None for others."""
+    if hasattr(obj, "_obj") and hasattr(obj, "get_lock"):
+        return synchronized_id(obj)
+    if isinstance(obj, (ctypes._SimpleCData, ctypes.Array)):
+        return raw_id(obj)
+    token = getattr(obj, "_token", None)
+    if token is not None and hasattr(token, "typeid"):
+        return _proxy_id(obj)
+    return None
+
+
+def _proxy_id(proxy: Any) -> str:
+    token = getattr(proxy, "_token", None)
+    return f"proxy:{getattr(token, 'address', '')}:{getattr(token, 'id', id(proxy))}"
+
+
+# -- Manager proxies: ordered by the time of the server's reply --------------
+
+# The proxy calls that read or write one value, and what key they name.
+_PROXY_READS = {"get": 0, "__getitem__": 1, "__getattribute__": 1, "__getattr__": 1}
+_PROXY_WRITES = {"set": 0, "__setitem__": 1, "__setattr__": 1}
+
+
+def proxy_call(proxy: Any, method: str, args: tuple[Any, ...], call: Any) -> Any:
+    """A proxy's ``_callmethod(method, args)``, recorded when it reads or writes a value."""
+    if events is None or (method not in _PROXY_READS and method not in _PROXY_WRITES):
+        return call()
+    if method == "get" and args:  # dict.get(key[, default]): a read of key
+        key: Any = args[0]
+    elif method in ("__getattribute__", "__getattr__", "__getitem__", "__setattr__", "__setitem__"):
+        key = args[0] if args else None
+    else:
+        key = None
+    if method in ("__getattribute__", "__getattr__") and isinstance(key, str) and key.startswith("_"):
+        return call()  # the proxy's own machinery, not the user's data
+    result = call()
+    when = time.monotonic_ns()
+    token = getattr(proxy, "_token", None)
+    ident = _proxy_id(proxy)
+    if ident not in _objects:
+        _objects[ident] = (f"{getattr(token, 'typeid', type(proxy).__name__)} proxy", "", "time")
+    if method in _PROXY_WRITES:
+        value = args[1] if method != "set" and len(args) > 1 else (args[0] if args else None)
+        _record(ident, _plain(key), "write", value, when)
+    else:
+        _record(ident, _plain(key), "read", result, when)
+    return result
