@@ -31,6 +31,13 @@ __all__ = [
 ]
 
 
+class _PlainFailure(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
+    """A failure reported as its message alone: no traceback from inside the plugin."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, pytrace=False)
+
+
 class WorkerError(Exception):
     """Something went wrong in a worker started by ``ipc_workers``."""
 
@@ -89,32 +96,20 @@ class WorkerTimeout(WorkerError):
         self.lock_waits: list[dict[str, Any]] = list(lock_waits or ())
 
 
-class RunsFailed(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
+class RunsFailed(_PlainFailure):
     """Every run of an ``ipc_race`` test failed: a plain bug, not a race."""
 
-    def __init__(self, msg: str) -> None:
-        super().__init__(msg, pytrace=False)
 
-
-class UnexpectedOutcome(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
+class UnexpectedOutcome(_PlainFailure):
     """Every run of an ``ipc_race`` test agreed, on an outcome outside ``expect``."""
 
-    def __init__(self, msg: str) -> None:
-        super().__init__(msg, pytrace=False)
 
-
-class RaceDetected(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
+class RaceDetected(_PlainFailure):
     """Runs of an ``ipc_race`` test disagreed: their outcomes differ, or some failed."""
 
-    def __init__(self, msg: str) -> None:
-        super().__init__(msg, pytrace=False)
 
-
-class LeakError(Failed):  # type: ignore[misc,valid-type]  # a class held by pytest.fail
+class LeakError(_PlainFailure):
     """A pytest-ipc test left a process, a SharedMemory segment or a Pipe behind (see leaks.py)."""
-
-    def __init__(self, msg: str) -> None:
-        super().__init__(msg, pytrace=False)
 
 
 class LeakWarning(UserWarning):

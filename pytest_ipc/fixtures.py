@@ -180,25 +180,24 @@ def _typecode_error(name: str, typecode: Any, value: Any, exc: Exception) -> NoR
 @pytest.fixture
 def shared_value(request: pytest.FixtureRequest, ipc_context: Any) -> Any:
     """A synchronized ``Value('i', 0)``; indirect param: typecode, (typecode, value) or a dict with lock."""
-    typecode, value, lock = _value_args(request, ("i", 0))
-    try:
-        return ipc_context.Value(typecode, value, lock=lock)
-    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-        error = exc
-    # Failing outside the except block keeps ctypes' own traceback out of the report.
-    _typecode_error("shared_value", typecode, value, error)
+    return _shared(request, ipc_context.Value, "shared_value", ("i", 0))
 
 
 @pytest.fixture
 def shared_array(request: pytest.FixtureRequest, ipc_context: Any) -> Any:
     """A synchronized ``Array('i', 10)``; indirect param: typecode, (typecode, size_or_items) or a dict."""
-    typecode, init, lock = _value_args(request, ("i", 10))
+    return _shared(request, ipc_context.Array, "shared_array", ("i", 10))
+
+
+def _shared(request: pytest.FixtureRequest, make: Any, name: str, default: tuple[Any, ...]) -> Any:
+    """``make(typecode, value_or_init, lock=...)`` from the fixture's indirect parameter, or a clear error."""
+    typecode, value, lock = _value_args(request, default)
     try:
-        return ipc_context.Array(typecode, init, lock=lock)
+        return make(typecode, value, lock=lock)
     except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         error = exc
     # Failing outside the except block keeps ctypes' own traceback out of the report.
-    _typecode_error("shared_array", typecode, init, error)
+    _typecode_error(name, typecode, value, error)
 
 
 @pytest.fixture
