@@ -114,20 +114,8 @@ def _record(ident: str, key: Any, op: str, value: Any, when: int) -> None:
 
 
 def synchronized_id(obj: Any) -> str:
-    """The identity of a synchronized ``Value``/``Array``, the same in every process that has it.
-
-    Its memory is a block of an arena, a file that every process maps: the
-    file's inode and the block's offset name it under fork, spawn and
-    forkserver alike.
-    """
-    ident: str | None = vars(obj).get("_ipc_id")
-    if ident is None:
-        try:
-            (arena, start, _stop), _size = obj._obj._wrapper._state
-            ident = f"mem:{os.fstat(arena.fd).st_ino}:{start}"
-        except Exception:  # memory of another kind: known to this process only
-            ident = f"obj:{os.getpid()}:{id(obj)}"
-        vars(obj)["_ipc_id"] = ident  # a fork child inherits it
+    """The identity of a synchronized ``Value``/``Array``: its memory's (see :func:`_memory_id`)."""
+    ident = _memory_id(getattr(obj, "_obj", None)) or f"obj:{os.getpid()}:{id(obj)}"  # else: this process's only
     if ident not in _objects:
         _objects[ident] = (synchronized_type(obj), vars(obj).get("_ipc_site", ""), "lock")
     return ident
@@ -198,15 +186,31 @@ _SIMPLE_VALUE: Any = ctypes._SimpleCData.__dict__["value"]
 _raw_patched: list[tuple[type, str]] = []
 
 
-def raw_id(obj: Any) -> str | None:
-    """The identity of a ``RawValue``/``RawArray`` (the memory of a synchronized one too); None for others."""
-    wrapper = getattr(obj, "_wrapper", None)
+def _memory_id(raw: Any) -> str | None:
+    """``mem:<inode>:<offset>`` of a sharedctypes object's memory, the same in every process; None for others.
+
+    The memory is a block of an arena, a file that every process maps: the
+    file's inode and the block's offset name it under fork, spawn and
+    forkserver alike.  Kept on the object (a fork child inherits it).
+    """
+    wrapper = getattr(raw, "_wrapper", None)
     if wrapper is None:
         return None
-    try:
-        (arena, start, _stop), _size = wrapper._state
-        ident = f"mem:{os.fstat(arena.fd).st_ino}:{start}"
-    except Exception:
+    ident: str | None = vars(raw).get("_ipc_id")
+    if ident is None:
+        try:
+            (arena, start, _stop), _size = wrapper._state
+            ident = f"mem:{os.fstat(arena.fd).st_ino}:{start}"
+        except Exception:  # memory of another kind
+            return None
+        vars(raw)["_ipc_id"] = ident
+    return ident
+
+
+def raw_id(obj: Any) -> str | None:
+    """The identity of a ``RawValue``/``RawArray``; None for other objects."""
+    ident = _memory_id(obj)
+    if ident is None:
         return None
     if ident not in _objects:
         kind = (
@@ -345,21 +349,17 @@ def _proxy_id(proxy: Any) -> str:
 
 # -- Manager proxies: ordered by the time of the server's reply --------------
 
-# The proxy calls that read or write one value, and what key they name.
-_PROXY_READS = {"get": 0, "__getitem__": 1, "__getattribute__": 1, "__getattr__": 1}
-_PROXY_WRITES = {"set": 0, "__setitem__": 1, "__setattr__": 1}
+# The proxy calls that read or write one value: a Value proxy's get and set
+# (no key), a dict's item or a namespace's attribute (the key comes first).
+_PROXY_READS = frozenset({"get", "__getitem__", "__getattribute__", "__getattr__"})
+_PROXY_WRITES = frozenset({"set", "__setitem__", "__setattr__"})
 
 
 def proxy_call(proxy: Any, method: str, args: tuple[Any, ...], call: Any) -> Any:
     """A proxy's ``_callmethod(method, args)``, recorded when it reads or writes a value."""
     if events is None or (method not in _PROXY_READS and method not in _PROXY_WRITES):
         return call()
-    if method == "get" and args:  # dict.get(key[, default]): a read of key
-        key: Any = args[0]
-    elif method in ("__getattribute__", "__getattr__", "__getitem__", "__setattr__", "__setitem__"):
-        key = args[0] if args else None
-    else:
-        key = None
+    key = None if method == "set" or not args else args[0]  # dict.get(key[, default]) names one too
     if method in ("__getattribute__", "__getattr__") and isinstance(key, str) and key.startswith("_"):
         return call()  # the proxy's own machinery, not the user's data
     result = call()
@@ -369,7 +369,7 @@ def proxy_call(proxy: Any, method: str, args: tuple[Any, ...], call: Any) -> Any
     if ident not in _objects:
         _objects[ident] = (f"{getattr(token, 'typeid', type(proxy).__name__)} proxy", "", "time")
     if method in _PROXY_WRITES:
-        value = args[1] if method != "set" and len(args) > 1 else (args[0] if args else None)
+        value = (args[0] if args else None) if method == "set" else (args[1] if len(args) > 1 else None)
         _record(ident, _plain(key), "write", value, when)
     else:
         _record(ident, _plain(key), "read", result, when)
