@@ -4,10 +4,10 @@
    correctness suite and the multi-role ones) runs as an ``ipc_race`` test
    with the default stop rule, in one pytest session per round and start
    method.  Per scenario it prints the share of failing verdicts whose report
-   shows a conflict (lost update or check-then-act) all of whose accesses are
-   on the scenario's racing lines (:data:`RACING`), and the kinds found.  A
-   scenario whose objects have no traced points (raw memory, queues) shows
-   what the report said instead.
+   shows a conflict (of any kind) all of whose accesses are on the
+   scenario's racing lines (:data:`RACING`: both sides of the race), and the
+   kinds found.  A scenario whose report names none shows what it said
+   instead.
 2. Cost.  The race-free locked counter (9 x 50 ``with lock: v.value += 1``)
    as an ``ipc_race(runs=N)`` test, jitter low, with this checkout and with
    ``--base`` (a git revision, checked out in a temporary worktree), in
@@ -52,7 +52,7 @@ RACING: dict[str, list[tuple[str, str]]] = {
     "Manager dict +=": [("inc_dict", 'd["n"] += 1')],
     "unlocked RawValue counter": [("inc_value", "v.value += 1")],
     "Manager Value +=": [("inc_value", "v.value += 1")],
-    "queue consumer stops at empty()": [("consume_until_empty", "while not q.empty():")],
+    "queue consumer stops at empty()": [("queue_role", "while not q.empty():"), ("queue_role", "q.put(i)")],
     "unlocked SharedMemory byte": [("inc_shm", "shm.buf[0] += 1")],
     "counter under a lock of its own": [("inc_value_own_lock", "v.value += 1")],
     "SharedMemory byte under one of two locks": [("inc_shm_locked", "shm.buf[0] += 1")],
@@ -63,7 +63,10 @@ RACING: dict[str, list[tuple[str, str]]] = {
         ("read_pair", "x = a.value"),
         ("read_pair", "y = b.value"),
     ],
-    "producer and consumer apart, empty()": [("consume_until_empty", "while not q.empty():")],
+    "producer and consumer apart, empty()": [
+        ("consume_until_empty", "while not q.empty():"),
+        ("produce_items", "q.put(i)"),
+    ],
     "two pairs, inverted lock order": [
         ("transfer", "with first:"),
         ("transfer", "if not second.acquire(timeout=LOCK_WAIT):"),
@@ -108,7 +111,7 @@ def naming(methods: list[str], rounds: dict[str, int], seed: int) -> None:
     print("## Does the report name the racing lines?")
     print()
     print("Share of failing verdicts whose report shows a conflict on the scenario's racing lines")
-    print("(lost update / check-then-act, all accesses on them), per start method; and what was found.")
+    print("(any kind, all of its accesses on them), per start method; and what was found.")
     print()
     for method in methods:
         failing: Counter[str] = Counter()

@@ -308,11 +308,51 @@ def _cycles(graph: dict[int, list[int]]) -> list[list[int]]:
     return sorted(cycles)
 
 
+class Variables:
+    """The variable a call's result was assigned to, found from its position in its file's syntax tree."""
+
+    def __init__(self) -> None:
+        self._trees: dict[str, ast.AST | None] = {}
+
+    def assigned(self, filename: str, pos: Any) -> str | None:
+        """The target of the assignment whose value (or an item of it) is the call at ``pos``.
+
+        ``pos`` is (line, end line, column, end column), as ``co_positions``
+        gives it; ``one, two = ctx.Lock(), ctx.Lock()`` names each call.
+        """
+        if not isinstance(pos, (tuple, list)) or len(pos) != 4:
+            return None
+        if filename not in self._trees:
+            try:
+                self._trees[filename] = ast.parse("".join(linecache.getlines(filename)))
+            except (SyntaxError, ValueError, MemoryError, RecursionError):
+                self._trees[filename] = None
+        tree = self._trees[filename]
+        if tree is None:
+            return None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            pairs: list[tuple[ast.expr, ast.expr]] = [(target, value)]
+            if isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)):
+                if len(target.elts) == len(value.elts):
+                    pairs += zip(target.elts, value.elts, strict=True)
+            for t, v in pairs:
+                span = (v.lineno, v.end_lineno, v.col_offset, v.end_col_offset)
+                if span == tuple(pos) and isinstance(t, (ast.Name, ast.Attribute, ast.Subscript)):
+                    return ast.unparse(t)
+        return None
+
+
 class _Names:
     """How locks and source lines read in the report, each worked out once."""
 
     def __init__(self) -> None:
-        self._trees: dict[str, ast.AST | None] = {}
+        self._variables = Variables()
 
     def site(self, at: Any) -> str:
         if not isinstance(at, (tuple, list)) or len(at) != 3:
@@ -375,35 +415,17 @@ class _Names:
         }
 
     def _assigned(self, created: dict[str, Any]) -> str | None:
-        """The target of the assignment whose value (or an item of it) is the call at ``created['pos']``."""
-        pos = created.get("pos")
-        filename = str(created.get("file"))
-        if not isinstance(pos, (tuple, list)) or len(pos) != 4:
-            return None
-        if filename not in self._trees:
-            try:
-                self._trees[filename] = ast.parse("".join(linecache.getlines(filename)))
-            except (SyntaxError, ValueError, MemoryError, RecursionError):
-                self._trees[filename] = None
-        tree = self._trees[filename]
-        if tree is None:
-            return None
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                target, value = node.targets[0], node.value
-            elif isinstance(node, ast.AnnAssign) and node.value is not None:
-                target, value = node.target, node.value
-            else:
-                continue
-            pairs: list[tuple[ast.expr, ast.expr]] = [(target, value)]
-            if isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)):
-                if len(target.elts) == len(value.elts):
-                    pairs += zip(target.elts, value.elts, strict=True)
-            for t, v in pairs:
-                span = (v.lineno, v.end_lineno, v.col_offset, v.end_col_offset)
-                if span == tuple(pos) and isinstance(t, (ast.Name, ast.Attribute, ast.Subscript)):
-                    return ast.unparse(t)
-        return None
+        return self._variables.assigned(str(created.get("file")), created.get("pos"))
+
+
+def lock_names(key: str, kind: str, created: dict[str, Any] | None) -> tuple[str, str]:
+    """A lock's name (its variable, or its fixture's; "" if none) and "created at f.py:3", as the report has them."""
+    names = _Names()
+    entry = {"key": key, "kind": kind, "created": created}
+    where = names.created_text(entry)
+    if where is None:
+        return names.name(entry) or "", ""
+    return names.name(entry) or "", f"created by {where}" if where.startswith("the ") else f"created at {where}"
 
 
 def _relative(path: str) -> str:

@@ -40,10 +40,13 @@ import itertools
 import os
 import signal
 import sys
+import time
 from _thread import get_ident
 from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
+
+from pytest_ipc._worker import trace
 
 QUERY_SIGNAL = signal.SIGURG
 
@@ -57,6 +60,8 @@ _OURS = tuple({os.path.dirname(os.path.dirname(path)) + os.sep for path in (__fi
 _FIXTURES = tuple(prefix + "fixtures.py" for prefix in _OURS)
 _PYTEST_FIXTURES = os.sep + os.path.join("_pytest", "fixtures.py")
 _skip: tuple[str, ...] = _OURS
+# multiprocessing's own directory, once the module is patched.
+_multiprocessing: tuple[str, ...] = ()
 
 # thread ident -> (lock, frame of the acquire's caller) while the thread waits.
 _waiting: dict[int, tuple[Any, FrameType]] = {}
@@ -93,12 +98,13 @@ def patch(module: ModuleType) -> None:
     made.  A ``Semaphore`` is left as it is.  Amplification's lock patches
     (:mod:`.amplify.patches`) wrap these, so they call this first.
     """
-    global _skip
+    global _skip, _multiprocessing
     semlock = module.SemLock
     if semlock.__dict__.get("_ipc_lockstate"):
         return
     here = os.path.dirname(str(module.__file__))
-    _skip = (*{here + os.sep, os.path.abspath(here) + os.sep}, *_OURS)
+    _multiprocessing = tuple({here + os.sep, os.path.abspath(here) + os.sep})
+    _skip = (*_multiprocessing, *_OURS)
     init = semlock.__init__
     make_methods = semlock._make_methods
 
@@ -154,7 +160,11 @@ def _acquire(self: Any, block: bool = True, timeout: float | None = None) -> boo
     taken = None if frame is None else (frame.f_code, frame.f_lasti)  # before: the critical section stays short
     if semlock.acquire(False) or (block and _wait(self, semlock, timeout)):
         self._ipc_taken = taken
+        if trace.events is not None:
+            _traced_take(self, caller, frame, True)
         return True
+    if block and trace.events is not None:
+        _traced_take(self, caller, frame, False)
     return False
 
 
@@ -166,6 +176,8 @@ def _enter(self: Any) -> bool:
     if not semlock.acquire(False):
         _wait(self, semlock, None)
     self._ipc_taken = taken
+    if trace.events is not None:
+        _traced_take(self, caller, frame, True)
     return True
 
 
@@ -184,7 +196,11 @@ def _acquire_rlock(self: Any, block: bool = True, timeout: float | None = None) 
     taken = None if frame is None else (frame.f_code, frame.f_lasti)  # before: the critical section stays short
     if semlock.acquire(False) or (block and _wait(self, semlock, timeout)):
         self._ipc_taken = taken
+        if trace.events is not None:
+            _traced_take(self, caller, frame, True)
         return True
+    if block and trace.events is not None:
+        _traced_take(self, caller, frame, False)
     return False
 
 
@@ -200,7 +216,43 @@ def _enter_rlock(self: Any) -> bool:
     if not semlock.acquire(False):
         _wait(self, semlock, None)
     self._ipc_taken = taken
+    if trace.events is not None:
+        _traced_take(self, caller, frame, True)
     return True
+
+
+def _traced_take(lock: Any, caller: FrameType, frame: FrameType | None, taken: bool) -> None:
+    """In a traced run: this process took ``lock`` (or waited for it in vain) at ``frame``'s line, holding others.
+
+    The event's value is the locks this process holds besides it, each with
+    where it was taken: the order in which a worker nests its locks, which
+    :mod:`pytest_ipc.race.conflicts` compares across workers.  Not recorded:
+    a try-lock (``acquire(False)``), which cannot deadlock, and the takes of
+    ``multiprocessing``'s own code (a queue's locks, a synchronized object's
+    accessors, a feeder thread), which nest no lock of the user's.
+    """
+    events = trace.events
+    if events is None or caller.f_code.co_filename.startswith(_multiprocessing):
+        return
+    when = time.monotonic_ns()
+    ident = _trace_id(lock)
+    held = []
+    for other in trace.locks_taken:
+        if other is not lock and _holds(other._semlock):
+            where = other.__dict__.get("_ipc_taken")
+            at = ("?", 0, "?") if not where else (where[0].co_filename, _line_of(*where) or 0, where[0].co_name)
+            held.append((_trace_id(other), *at))
+    at = ("?", 0, "?") if frame is None else (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+    events.append((when, ident, None, "take" if taken else "timeout", tuple(held), *at))
+    if taken and not any(other is lock for other in trace.locks_taken):
+        trace.locks_taken.append(lock)
+
+
+def _trace_id(lock: Any) -> str:
+    ident = "lock:" + key(lock._semlock)
+    if ident not in trace.objects:
+        trace.objects[ident] = (type(lock).__name__, getattr(lock, "_ipc_site", None) or "", "lock")
+    return ident
 
 
 def _outside(frame: FrameType | None) -> FrameType | None:

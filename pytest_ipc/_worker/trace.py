@@ -4,9 +4,11 @@ After an ``ipc_race`` test's verdict is certain, its next runs are traced
 until one of them shows a conflict (see :mod:`pytest_ipc.race.conflicts`).
 In a traced worker every read and write of a ``Value`` or an ``Array``
 element (synchronized, or a ``RawValue``/``RawArray`` among the worker's
-arguments), and every get and set through a ``Manager`` proxy, appends one
-event to this process's buffer; the buffer is written to a
-file of the run's trace directory when the worker's work ends.
+arguments), every get and set through a ``Manager`` proxy, and every
+blocking take of a ``Lock``, ``RLock`` or ``BoundedSemaphore(1)`` with the
+locks held meanwhile (:mod:`.lockstate`), appends one event to this
+process's buffer; the buffer is written to a file of the run's trace
+directory when the worker's work ends.
 
 An event's time is ``time.monotonic_ns()``, one clock for every process
 of the machine.  A synchronized object's events take it while holding the
@@ -35,8 +37,11 @@ from typing import Any
 events: list[tuple[Any, ...]] | None = None
 _dir = ""
 _worker = ""
-# Per object id: (type, created, order), as this process knows it.
-_objects: dict[str, tuple[str, str, str]] = {}
+# Per object id: (type, created, order), as this process knows it; a lock's
+# created is its creation site (lockstate.creation_site), a dict.
+objects: dict[str, tuple[str, Any, str]] = {}
+# The locks this process took while traced (see lockstate._traced_take).
+locks_taken: list[Any] = []
 
 _SKIPPED = (
     os.path.dirname(os.__file__) + os.sep + "multiprocessing" + os.sep,
@@ -50,7 +55,8 @@ def start(directory: str, worker: str) -> None:
     """Trace this process's accesses from now on, into ``directory``, as ``worker``."""
     global events, _dir, _worker
     events, _dir, _worker = [], directory, worker
-    _objects.clear()
+    objects.clear()
+    locks_taken.clear()
 
 
 def directory() -> str | None:
@@ -64,23 +70,24 @@ def stop() -> None:
     if events is None:
         return
     recorded, events = events, None
+    locks_taken.clear()
     _unpatch_raw()
     if not recorded:
         return
     path = os.path.join(_dir, f"{os.getpid()}.trace")
     try:
         with open(path + ".tmp", "wb") as f:
-            marshal.dump((_worker, _objects, recorded), f)
+            marshal.dump((_worker, objects, recorded), f)
         os.replace(path + ".tmp", path)
     except OSError:  # the run is over and its directory gone: nothing to tell
         pass
 
 
-def load(path: str) -> tuple[str, dict[str, tuple[str, str, str]], list[tuple[Any, ...]]]:
+def load(path: str) -> tuple[str, dict[str, tuple[str, Any, str]], list[tuple[Any, ...]]]:
     """A trace file's worker name, objects and events."""
     with open(path, "rb") as f:
-        worker, objects, recorded = marshal.load(f)
-    return worker, objects, recorded
+        worker, known, recorded = marshal.load(f)
+    return worker, known, recorded
 
 
 def user_frame(depth: int = 2) -> tuple[str, int, str]:
@@ -116,8 +123,8 @@ def _record(ident: str, key: Any, op: str, value: Any, when: int) -> None:
 def synchronized_id(obj: Any) -> str:
     """The identity of a synchronized ``Value``/``Array``: its memory's (see :func:`_memory_id`)."""
     ident = _memory_id(getattr(obj, "_obj", None)) or f"obj:{os.getpid()}:{id(obj)}"  # else: this process's only
-    if ident not in _objects:
-        _objects[ident] = (synchronized_type(obj), vars(obj).get("_ipc_site", ""), "lock")
+    if ident not in objects:
+        objects[ident] = (synchronized_type(obj), vars(obj).get("_ipc_site", ""), "lock")
     return ident
 
 
@@ -133,25 +140,33 @@ def synchronized_type(obj: Any) -> str:
         return type(obj).__name__
 
 
+def _lock_of(obj: Any) -> Any:
+    """The semaphore of a synchronized object's lock, taken directly (not recorded as a lock take), or the lock."""
+    lock = obj._lock
+    return getattr(lock, "_semlock", lock)  # a lock of another kind: taken through its own methods
+
+
 def value_get(obj: Any) -> Any:
     """``obj.value``, recorded under the object's lock."""
-    obj.acquire()
+    lock = _lock_of(obj)
+    lock.acquire()
     try:
         value = _SIMPLE_VALUE.__get__(obj._obj)  # past a raw trace's patch (see trace_raw)
         _record(synchronized_id(obj), None, "read", value, time.monotonic_ns())
     finally:
-        obj.release()
+        lock.release()
     return value
 
 
 def value_set(obj: Any, value: Any) -> None:
     """``obj.value = value``, recorded under the object's lock."""
-    obj.acquire()
+    lock = _lock_of(obj)
+    lock.acquire()
     try:
         _SIMPLE_VALUE.__set__(obj._obj, value)
         _record(synchronized_id(obj), None, "write", _SIMPLE_VALUE.__get__(obj._obj), time.monotonic_ns())
     finally:
-        obj.release()
+        lock.release()
 
 
 def _key(index: Any) -> Any:
@@ -160,24 +175,26 @@ def _key(index: Any) -> Any:
 
 def item_get(obj: Any, index: Any) -> Any:
     """``obj[index]`` of a synchronized ``Array``, recorded under its lock."""
-    obj.acquire()
+    lock = _lock_of(obj)
+    lock.acquire()
     try:
         value = ctypes.Array.__getitem__(obj._obj, index)
         _record(synchronized_id(obj), _key(index), "read", value, time.monotonic_ns())
     finally:
-        obj.release()
+        lock.release()
     return value
 
 
 def item_set(obj: Any, index: Any, value: Any) -> None:
     """``obj[index] = value`` of a synchronized ``Array``, recorded under its lock."""
-    obj.acquire()
+    lock = _lock_of(obj)
+    lock.acquire()
     try:
         ctypes.Array.__setitem__(obj._obj, index, value)
         written = ctypes.Array.__getitem__(obj._obj, index)
         _record(synchronized_id(obj), _key(index), "write", written, time.monotonic_ns())
     finally:
-        obj.release()
+        lock.release()
 
 
 # -- RawValue and RawArray: no lock orders them, so their order is by time ----
@@ -212,13 +229,13 @@ def raw_id(obj: Any) -> str | None:
     ident = _memory_id(obj)
     if ident is None:
         return None
-    if ident not in _objects:
+    if ident not in objects:
         kind = (
             f"RawArray({getattr(obj._type_, '_type_', '?')!r}, {obj._length_})"
             if hasattr(obj, "_length_")
             else f"RawValue({getattr(type(obj), '_type_', '?')!r})"
         )
-        _objects[ident] = (kind, "", "time")
+        objects[ident] = (kind, "", "time")
     return ident
 
 
@@ -298,8 +315,10 @@ def _unpatch_raw() -> None:
 
 # -- where objects were made: noted by the test process during a traced run --
 
-# Per identity, where the user's code made it; None while nothing is noted.
-_sites: dict[str, str] | None = None
+# Per identity, where the user's code made it: "file:line", and the call's
+# position (line, end line, column, end column) where known (3.11+), which
+# names the variable it was assigned to; None while nothing is noted.
+_sites: dict[str, tuple[str, tuple[int, int, int, int] | None]] | None = None
 
 
 def note_sites(on: bool) -> None:
@@ -316,26 +335,48 @@ def note_creation(obj: Any) -> None:
     """
     if _sites is None:
         return
-    file, line, _func = user_frame(3)
+    frame: Any = sys._getframe(2)
+    while frame is not None and _skipped(frame):
+        frame = frame.f_back
+    if frame is None:
+        return
     try:
         ident = identity(obj)
         if ident is not None:
-            _sites[ident] = vars(obj)["_ipc_site"] = f"{file}:{line}"
+            site = vars(obj)["_ipc_site"] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            _sites[ident] = (site, _position(frame))
     except Exception:  # an object in the making that does not answer yet: left unnamed
         pass
 
 
-def made_here() -> dict[str, str]:
-    """The identities of the shared objects made while sites were noted, and where."""
+def _position(frame: Any) -> tuple[int, int, int, int] | None:
+    positions = getattr(frame.f_code, "co_positions", None)  # 3.11+
+    if positions is None:
+        return None
+    for k, pos in enumerate(positions()):
+        if k == frame.f_lasti // 2:
+            return None if None in pos else tuple(pos)
+    return None
+
+
+def made_here() -> dict[str, tuple[str, tuple[int, int, int, int] | None]]:
+    """The identities of the shared objects made while sites were noted: where, and the call's position."""
     return dict(_sites or {})
 
 
 def identity(obj: Any) -> str | None:
-    """The identity of a ``Value``/``Array`` (synchronized or raw) or a ``Manager`` proxy; None for others."""
+    """The identity of a ``Value``/``Array`` (synchronized or raw), a ``Queue``, a ``SharedMemory`` or a
+    ``Manager`` proxy; None for others."""
     if hasattr(obj, "_obj") and hasattr(obj, "get_lock"):
         return synchronized_id(obj)
     if isinstance(obj, (ctypes._SimpleCData, ctypes.Array)):
         return raw_id(obj)
+    queues = sys.modules.get("multiprocessing.queues")
+    if queues is not None and isinstance(obj, queues.Queue):
+        return queue_id(obj)
+    shared_memory = sys.modules.get("multiprocessing.shared_memory")
+    if shared_memory is not None and isinstance(obj, shared_memory.SharedMemory):
+        return shared_memory_id(obj)
     token = getattr(obj, "_token", None)
     if token is not None and hasattr(token, "typeid"):
         return _proxy_id(obj)
@@ -366,11 +407,105 @@ def proxy_call(proxy: Any, method: str, args: tuple[Any, ...], call: Any) -> Any
     when = time.monotonic_ns()
     token = getattr(proxy, "_token", None)
     ident = _proxy_id(proxy)
-    if ident not in _objects:
-        _objects[ident] = (f"{getattr(token, 'typeid', type(proxy).__name__)} proxy", "", "time")
+    if ident not in objects:
+        objects[ident] = (f"{getattr(token, 'typeid', type(proxy).__name__)} proxy", "", "time")
     if method in _PROXY_WRITES:
         value = (args[0] if args else None) if method == "set" else (args[1] if len(args) > 1 else None)
         _record(ident, _plain(key), "write", value, when)
     else:
         _record(ident, _plain(key), "read", result, when)
     return result
+
+
+# -- Queues: what was put, got, and what empty() answered ---------------------
+
+
+def queue_id(q: Any) -> str:
+    """``queue:<its read lock's key>``: the same in every process (see lockstate.key)."""
+    semlock = q._rlock._semlock
+    name = semlock.name
+    ident = f"queue:{name}" if name else f"queue:handle:{semlock.handle}"
+    if ident not in objects:
+        objects[ident] = (type(q).__name__, vars(q).get("_ipc_site", ""), "time")
+    return ident
+
+
+def queue_op(q: Any, op: str, value: Any) -> None:
+    """Record a queue's ``put`` (of ``value``), ``get`` (that returned it) or ``empty`` (its answer)."""
+    if events is not None:
+        try:
+            ident = queue_id(q)
+        except Exception:  # a queue of another shape: not traced
+            return
+        _record(ident, None, op, value, time.monotonic_ns())
+
+
+# -- SharedMemory: its buffer's items, read and written (3.12+) ---------------
+
+# A SharedMemory buffer is a memoryview, which nothing can patch.  In a
+# traced run its ``buf`` is a TracedBuffer instead: the items it reads and
+# writes through a subscript are recorded, and everything else is the
+# memoryview's.  Code that needs the buffer itself (NumPy, struct.pack_into,
+# memoryview()) gets it through __buffer__, which Python classes have from
+# 3.12 (PEP 688); before that a wrapper would break such code, so there
+# SharedMemory is not traced.
+TRACES_SHARED_MEMORY = sys.version_info >= (3, 12)
+
+
+def shared_memory_id(shm: Any) -> str:
+    """``shm:<name>``: its name, the same in every process."""
+    ident = f"shm:{shm.name}"
+    if ident not in objects:
+        objects[ident] = (f"SharedMemory({shm.size})", vars(shm).get("_ipc_site", ""), "time")
+    return ident
+
+
+def shared_buffer(shm: Any, buf: Any) -> Any:
+    """The buffer of ``shm`` as a traced run gives it: a :class:`TracedBuffer` where one can stand in."""
+    if events is None or not TRACES_SHARED_MEMORY or buf is None:
+        return buf
+    return TracedBuffer(buf, shared_memory_id(shm))
+
+
+class TracedBuffer:
+    """A SharedMemory's memoryview whose subscripted items are recorded; all else is the memoryview's."""
+
+    __slots__ = ("_ident", "_view")
+
+    def __init__(self, view: memoryview, ident: str) -> None:
+        self._view = view
+        self._ident = ident
+
+    def __getitem__(self, index: Any) -> Any:
+        value = self._view[index]
+        if events is not None and type(index) is int:
+            _record(self._ident, index % len(self._view), "read", value, time.monotonic_ns())
+        return value
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._view[index] = value
+        if events is not None and type(index) is int:
+            _record(self._ident, index % len(self._view), "write", self._view[index], time.monotonic_ns())
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def __iter__(self) -> Any:
+        return iter(self._view)
+
+    def __eq__(self, other: object) -> bool:
+        return self._view == (other._view if isinstance(other, TracedBuffer) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # as memoryview's, for a writable buffer
+
+    def __buffer__(self, flags: int) -> memoryview:
+        return memoryview(self._view)
+
+    def __release_buffer__(self, view: memoryview) -> None:
+        view.release()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+    def __repr__(self) -> str:
+        return repr(self._view)

@@ -17,6 +17,18 @@ a proxied dict or namespace), in the order of its accesses:
   first then acted on it (wrote it) from another line: it acted on a value
   that was no longer there.
 
+And across two objects:
+
+- torn read: a worker read two objects one after the other (one function,
+  the second on a later line) while another worker wrote the same two in
+  the same way, and the reads fell across the writes: one value from before
+  the other's update and one from after it, a pair that never existed;
+- lock-order inversion: a worker took one lock while it held another, and
+  another worker took them the other way round (even with a timeout): each
+  can hold one while it waits for the other, a deadlock whether or not this
+  run hung.  Its facts are the order in which each worker nests its locks,
+  not a clock.
+
 Where none is found, the report says which objects the traced runs touched,
 and from which lines.  The findings are plain dicts (see
 :class:`pytest_ipc.race.schema.Conflict`) so that they travel on the report
@@ -26,6 +38,9 @@ prints them.
 
 from __future__ import annotations
 
+import ast
+import bisect
+import itertools
 import linecache
 import os
 import shutil
@@ -38,6 +53,7 @@ from typing import Any
 import pytest
 
 from pytest_ipc.config import safe_repr
+from pytest_ipc.deadlock import Variables, lock_names
 from pytest_ipc.race.schema import Conflict, ConflictAccess, TraceSummary
 
 # At most this many traced runs after the verdict is certain, and none that
@@ -53,6 +69,17 @@ TRACE_SECONDS = 2.0
 SHOWN = 3
 
 _DECISIONS = ("if ", "elif ", "while ", "assert ")
+# The ops of a lock's rows: the locks a worker held, and the one it took or waited for in vain.
+_LOCK_OPS = ("holds", "takes", "waits")
+_TOUCHED = {
+    "read": "read",
+    "write": "written",
+    "take": "taken",
+    "timeout": "waited for",
+    "put": "put to",
+    "get": "got from",
+    "empty": "asked empty() at",
+}
 _COMPARISONS = ("<", ">", "==", "!=", " in ", " is ")
 
 
@@ -60,11 +87,15 @@ _COMPARISONS = ("<", ">", "==", "!=", " in ", " is ")
 class Access:
     time: int
     worker: str
-    op: str  # "read" or "write"
+    op: str  # "read" or "write"; a lock's "take" or "timeout" (its value: the locks held)
     value: Any
     file: str
     line: int
     function: str
+
+
+# A conflict across objects before it is a Conflict: its kind, its places (identity, key), the rows, the note.
+Finding = tuple[str, list[tuple[str, Any]], list[Access], str]
 
 
 def names(item: pytest.Item) -> dict[str, tuple[str, str]]:
@@ -74,9 +105,11 @@ def names(item: pytest.Item) -> dict[str, tuple[str, str]]:
     """
     from pytest_ipc._worker import trace
 
-    known: dict[str, tuple[str, str]] = {
-        ident: ("", f"created at {_shown_path(item, site)}") for ident, site in trace.made_here().items() if site
-    }
+    variables = Variables()
+    known: dict[str, tuple[str, str]] = {}
+    for made, (site, pos) in trace.made_here().items():
+        file = site.rpartition(":")[0]
+        known[made] = (variables.assigned(file, pos) or "", f"created at {_shown_path(item, site)}")
     for name, value in (getattr(item, "funcargs", None) or {}).items():
         try:
             ident = trace.identity(value)
@@ -154,9 +187,12 @@ class Tracer:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         for (ident, key), accesses in groups.items():
-            for kind, shown, note, between in _conflicts(accesses):
-                self.findings.append(self._finding(kind, ident, key, shown, note, between, record))
+            if not ident.startswith("lock:"):
+                for kind, shown, note, between in _conflicts(accesses):
+                    self.findings.append(self._finding(kind, [(ident, key)], shown, note, between, record))
             self._note_touched(ident, key, accesses)
+        for kind, places, shown, note in _torn_reads(groups) + self._inversions(groups) + _empty_checks(groups):
+            self.findings.append(self._finding(kind, places, shown, note, 0, record))
 
     def _read(self, directory: str, known: dict[str, tuple[str, str]]) -> dict[tuple[str, Any], list[Access]]:
         from pytest_ipc._worker import trace
@@ -170,7 +206,10 @@ class Tracer:
             except (OSError, EOFError, ValueError, TypeError):  # a worker killed while writing it
                 continue
             for ident, (kind, site, order) in objects.items():
-                name, created = known.get(ident, ("", f"created at {_shown_path(self.item, site)}" if site else ""))
+                if isinstance(site, dict) or ident.startswith("lock:"):  # a lock: named as a deadlock report does
+                    name, created = lock_names(ident[len("lock:") :], kind, site or None)
+                else:
+                    name, created = known.get(ident, ("", f"created at {_shown_path(self.item, site)}" if site else ""))
                 old = self._types.get(ident)
                 if old is None or (not old[0] and name) or (not old[2] and created):
                     self._types[ident] = (name, kind, created, order)
@@ -183,28 +222,81 @@ class Tracer:
         return groups
 
     def _finding(
-        self, kind: str, ident: str, key: Any, shown: list[Access], note: str, between: int, record: Any
+        self, kind: str, places: list[tuple[str, Any]], shown: list[Access], note: str, between: int, record: Any
     ) -> Conflict:
-        name, type_, created, order = self._types.get(ident, ("", "object", "", "time"))
+        """A conflict on one object (one place), or on two (a torn read, a lock-order inversion)."""
+        labels, types, made, orders = [], [], [], []
+        for ident, key in places:
+            name, type_, created, order = self._types.get(ident, ("", "object", "", "time"))
+            labels.append(_object_label(name, type_, created, key))
+            types.append(type_)
+            made.append(created)
+            orders.append(order)
+        key = places[0][1] if len(places) == 1 else None
         return Conflict(
             kind=kind,
-            object=_object_label(name, type_, created, key),
-            type=type_,
-            created=created,
+            object=" and ".join(labels),
+            type=" and ".join(types),
+            created=" and ".join(c for c in made if c),
             key=safe_repr(key) if key is not None else None,
             run=record.index,
             seed=record.seed,
-            order=order,
+            order="lock" if all(o == "lock" for o in orders) else "time",
             accesses=[self._access(a) for a in shown],
             note=note,
             writes_between=between,
         )
 
+    def _lock_name(self, ident: str) -> str:
+        name, type_, created, _order = self._types.get(ident, ("", "Lock", "", "lock"))
+        return name or f"the {type_} {created}".rstrip()
+
+    def _inversions(self, groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
+        """The pairs of locks that two workers nested in opposite orders, each with its four rows.
+
+        A worker's take of lock B while it held lock A is an edge A -> B; an
+        edge B -> A of another worker closes the cycle.  The first example
+        of each edge and worker is kept.
+        """
+        edges: dict[tuple[str, str], dict[str, tuple[Access, Access]]] = {}
+        for (ident, _key), accesses in groups.items():
+            if not ident.startswith("lock:"):
+                continue
+            for take in accesses:
+                for held, file, line, function in take.value or ():
+                    row = Access(take.time, take.worker, "holds", self._lock_name(held), file, line, function)
+                    shown = Access(
+                        take.time,
+                        take.worker,
+                        "takes" if take.op == "take" else "waits",
+                        self._lock_name(ident),
+                        take.file,
+                        take.line,
+                        take.function,
+                    )
+                    edges.setdefault((held, ident), {}).setdefault(take.worker, (row, shown))
+        found = []
+        for (a, b), by in sorted(edges.items()):
+            back = edges.get((b, a))
+            if a >= b or not back:
+                continue
+            pair = next(((w1, w2) for w1 in by for w2 in back if w1 != w2), None)
+            if pair is None:
+                continue
+            (hold1, take1), (hold2, take2) = by[pair[0]], back[pair[1]]
+            verb = "waited in vain (a timeout) for" if take2.op == "waits" else "takes"
+            note = (
+                f"<- {verb} {take2.value} while holding {hold2.value}, the opposite order to {take1.worker}'s: "
+                "each can hold one while it waits for the other, a deadlock"
+            )
+            found.append(("lock-order inversion", [(a, None), (b, None)], [hold1, take1, hold2, take2], note))
+        return found
+
     def _access(self, a: Access) -> ConflictAccess:
         return ConflictAccess(
             worker=a.worker,
             op=a.op,
-            value=safe_repr(a.value, 30),
+            value=a.value if a.op in _LOCK_OPS else safe_repr(a.value, 30),
             file=_shown_path(self.item, a.file),
             line=a.line,
             function=a.function,
@@ -237,6 +329,8 @@ class Tracer:
 
     def summary(self, planned_left: bool) -> TraceSummary:
         """What the traced runs showed, in one dict for the JSON report."""
+        from pytest_ipc._worker import trace
+
         if self.findings:
             note = ""
         elif not self.runs:
@@ -247,8 +341,12 @@ class Tracer:
             )
         elif not self._events:
             note = (
-                f"no trace: {_runs(self.runs)} traced, no access to a Value, Array or Manager proxy "
-                "(SharedMemory buffers and plain memory are not traced)"
+                f"no trace: {_runs(self.runs)} traced, no access to a Value, Array, Queue, lock or Manager proxy "
+                + (
+                    "(plain memory is not traced)"
+                    if trace.TRACES_SHARED_MEMORY
+                    else "(SharedMemory buffers are traced from Python 3.12; plain memory is not)"
+                )
             )
         else:
             touched = "; ".join(self._touched_text(ident) for ident in self._touched)
@@ -264,7 +362,7 @@ class Tracer:
         for (op, file, line), workers in sorted(
             self._touched[ident].items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])
         ):
-            parts.append(f"{'read' if op == 'read' else 'written'} at {file}:{line} by {_workers(workers)}")
+            parts.append(f"{_TOUCHED.get(op, op)} at {file}:{line} by {_workers(workers)}".replace(" at at ", " at "))
         return f"{_object_label(name, type_, created, None)}: {', '.join(parts)}"
 
 
@@ -335,6 +433,120 @@ def _conflicts(accesses: list[Access]) -> list[tuple[str, list[Access], str, int
             shown, span = _window(accesses, prev, writes[-1], act)
             found.append(("check-then-act", shown, note, span))
     return found
+
+
+def _torn_reads(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
+    """The first torn read of each pair of objects, with the rows to show.
+
+    A pair is two accesses of one worker in a row, of one kind (two reads, or
+    two writes), to two objects, in one function, the second on a later
+    line: ``x = a.value`` then ``y = b.value``; ``a.value = i`` then
+    ``b.value = i``.  A reader's pair (r1 on X, r2 on Y) is torn by a writer's
+    pair (w1 on X, w2 on Y) when one of the reads falls before its write and
+    the other after: r1 < w1 < w2 < r2 (it read the old X, the new Y), or
+    w1 < r1 < r2 < w2 (the new X, the old Y), and the value it read differs
+    from the one the writer wrote.  Each comparison is between two accesses
+    of one object (ordered by its lock where it has one) or of one worker.
+    """
+    by_worker: dict[str, list[tuple[Access, tuple[str, Any]]]] = defaultdict(list)
+    for place, accesses in groups.items():
+        if not place[0].startswith("lock:"):
+            for a in accesses:
+                by_worker[a.worker].append((a, place))
+    reads: list[tuple[Access, Access, tuple[str, Any], tuple[str, Any]]] = []
+    writes: dict[tuple[Any, Any], dict[str, list[tuple[Access, Access]]]] = defaultdict(lambda: defaultdict(list))
+    for worker, seq in by_worker.items():
+        seq.sort(key=lambda entry: entry[0].time)
+        for (a, x), (b, y) in itertools.pairwise(seq):
+            if x == y or a.op != b.op or (a.file, a.function) != (b.file, b.function) or b.line <= a.line:
+                continue
+            if a.op == "read":
+                reads.append((a, b, x, y))
+            elif a.op == "write":
+                writes[(x, y)][worker].append((a, b))
+    found: list[Finding] = []
+    seen: set[tuple[Any, Any]] = set()
+    for r1, r2, x, y in reads:
+        if (x, y) in seen or (x, y) not in writes:
+            continue
+        for writer, pairs in writes[(x, y)].items():
+            if writer == r1.worker:
+                continue
+            starts = [w1.time for w1, _w2 in pairs]
+            k = bisect.bisect_right(starts, r1.time)
+            if k < len(pairs):  # the writer's next pair after the first read: inside the reader's?
+                w1, w2 = pairs[k]
+                if w2.time < r2.time and r1.value != w1.value:
+                    note = (
+                        f"<- torn: read {_name_of(r1)} before and {_name_of(r2)} after {writer} "
+                        f"wrote them (lines {w1.line} and {w2.line}): a pair that never existed"
+                    )
+                    found.append(("torn read", [x, y], [r1, w1, w2, r2], note))
+                    seen.add((x, y))
+                    break
+            if k > 0:  # the writer's last pair before it: around the reader's?
+                w1, w2 = pairs[k - 1]
+                if w2.time > r2.time and r2.value != w2.value:
+                    note = (
+                        f"<- torn: {r1.worker} read {_name_of(r1)} after and {_name_of(r2)} before "
+                        f"this write: a pair that never existed"
+                    )
+                    found.append(("torn read", [x, y], [w1, r1, r2, w2], note))
+                    seen.add((x, y))
+                    break
+    return found
+
+
+def _empty_checks(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
+    """Per queue, the first ``empty()`` that said empty while another worker's items were still to come.
+
+    Either items another worker had put were not yet got (``put`` returns
+    before the queue's feeder thread has written the item, and ``empty()``
+    sees only what was written), or another worker put more after it: a
+    worker that stops at ``empty()`` never takes them.  Ordered by time.
+    """
+    found: list[Finding] = []
+    for place, accesses in groups.items():
+        if not place[0].startswith("queue:"):
+            continue
+        puts = gets = 0
+        last_put: Access | None = None
+        for i, a in enumerate(accesses):
+            if a.op == "put":
+                puts, last_put = puts + 1, a
+            elif a.op == "get":
+                gets += 1
+            elif a.op == "empty" and a.value is True:
+                later = [b for b in accesses[i + 1 :] if b.op == "put" and b.worker != a.worker]
+                pending = puts - gets
+                if pending > 0 and last_put is not None and last_put.worker != a.worker:
+                    items = "an item" if pending == 1 else f"{pending} items"
+                    note = (
+                        f"<- empty() said empty while {items} put by {last_put.worker} had not yet been got: "
+                        "put() returns before the queue's feeder thread writes an item"
+                    )
+                    found.append(("check-then-act", [place], [last_put, a], note))
+                    break
+                if later:
+                    more = "one more item" if len(later) == 1 else f"{len(later)} more items"
+                    note = (
+                        f"<- empty() said empty, and {later[0].worker} put {more} after it, "
+                        "which a worker that stops here misses"
+                    )
+                    found.append(("check-then-act", [place], [a, later[0]], note))
+                    break
+    return found
+
+
+def _name_of(access: Access) -> str:
+    """What a line reads or writes, as its source says (``a.value`` of ``x = a.value``), else "one object"."""
+    try:
+        statement = ast.parse(linecache.getline(access.file, access.line).strip()).body[0]
+    except (SyntaxError, ValueError, IndexError):
+        return "one object"
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+        return ast.unparse(statement.value if access.op == "read" else statement.targets[0])
+    return "one object"
 
 
 def _write(access: Access) -> str:

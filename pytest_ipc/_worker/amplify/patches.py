@@ -201,8 +201,46 @@ def _patch_queues(module: ModuleType) -> None:
     feed = queue.__dict__["_feed"].__func__
     if not hasattr(feed, "__wrapped__"):
         queue._feed = staticmethod(_feeder(feed))
-    _patch(queue, "put", _wrap_before)
-    _patch(queue, "get", _wrap_after)
+    _patch(queue, "__init__", _noting_creation)
+    _patch(queue, "put", _queue_put)
+    _patch(queue, "get", _queue_get)
+    _patch(queue, "empty", _queue_empty)
+
+
+def _queue_put(put: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        point(None, self)
+        result = put(self, obj, *args, **kwargs)
+        if trace.events is not None:
+            trace.queue_op(self, "put", obj)
+        return result
+
+    wrapper.__wrapped__ = put  # type: ignore[attr-defined]  # marks it patched
+    return wrapper
+
+
+def _queue_get(get: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = get(self, *args, **kwargs)
+        if trace.events is not None:
+            trace.queue_op(self, "get", result)
+        point(None, self)
+        return result
+
+    wrapper.__wrapped__ = get  # type: ignore[attr-defined]  # marks it patched
+    return wrapper
+
+
+def _queue_empty(empty: Callable[..., Any]) -> Callable[..., Any]:
+    # No point: only a traced run's record of what empty() answered.
+    def wrapper(self: Any) -> Any:
+        result = empty(self)
+        if trace.events is not None:
+            trace.queue_op(self, "empty", result)
+        return result
+
+    wrapper.__wrapped__ = empty  # type: ignore[attr-defined]  # marks it patched
+    return wrapper
 
 
 def _patch_connection(module: ModuleType) -> None:
@@ -235,7 +273,34 @@ def _proxy_call(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _patch_shared_memory(module: ModuleType) -> None:
-    _patch_property(module.SharedMemory, "buf", _buf_fetched)
+    cls = module.SharedMemory
+    if not getattr(cls.__init__, "_ipc_notes", False):  # over the leak check's own patch (shmlog), if made
+        cls.__init__ = _noting_made_memory(cls.__init__)
+    prop = cls.__dict__.get("buf")
+    if not isinstance(prop, property) or prop.fget is None or hasattr(prop.fget, "__wrapped__"):
+        return
+    fget = prop.fget
+
+    def buf(self: Any) -> Any:
+        result = fget(self)
+        _buf_fetched(result)
+        point(None, self)
+        return result if trace.events is None else trace.shared_buffer(self, result)
+
+    buf.__wrapped__ = fget  # type: ignore[attr-defined]  # marks it patched
+    cls.buf = property(buf, prop.fset, prop.fdel, prop.__doc__)
+
+
+def _noting_made_memory(init: Callable[..., Any]) -> Callable[..., Any]:
+    # Where a SharedMemory was created (create=True), not where one was attached by name.
+    def __init__(self: Any, name: Any = None, create: bool = False, *args: Any, **kwargs: Any) -> None:
+        init(self, name, create, *args, **kwargs)
+        if create:
+            trace.note_creation(self)
+
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]  # as functools.wraps does
+    __init__._ipc_notes = True  # type: ignore[attr-defined]  # marks it patched
+    return __init__
 
 
 def _buf_fetched(buf: Any) -> None:
