@@ -243,8 +243,8 @@ class Recording(stream.Amplifier):
         self.drawn = []
         self.waited = []
 
-    def choose(self):
-        choice = super().choose()
+    def choose(self, p=None):
+        choice = super().choose(p)
         self.drawn.append(choice)
         return choice
 
@@ -296,6 +296,43 @@ def quiet_points(method, v, a, other):
            "array_incr_locked": array_incr_locked, "incr_under_other": incr_under_other,
            "own_incr": own_incr, "own_incr_locked": own_incr_locked}
     return {name: ipc_point_counts(op) for name, op in ops.items()}
+
+
+class Counting(stream.Amplifier):
+    """The worker's stream at ``p`` with a fixed seed, counting the points that act instead of waiting."""
+
+    def __init__(self, p):
+        super().__init__(7, 0, p)
+        self.waited = []
+
+    def wait(self, choice):
+        self.waited.append(choice)
+
+
+def check_exits(method, v, boosted, after):
+    """Points that act: over ``boosted`` read-only sections of v's lock, then ``after`` more; and as many updates."""
+    lock = v.get_lock()
+
+    def sections(n, write):
+        for _ in range(n):
+            with lock:
+                if write:
+                    v.value += 1
+                else:
+                    v.value < 10  # a check: the section reads and does not write
+
+    found = {}
+    for name, write in (("checks", False), ("updates", True)):
+        amp, old = Counting(0.05), stream._amp
+        stream._amp = amp
+        try:
+            sections(boosted, write)
+            first = len(amp.waited)
+            sections(after, write)
+        finally:
+            stream._amp = old
+        found[name] = [first, len(amp.waited) - first]
+    return found
 
 
 class Box:
@@ -859,6 +896,21 @@ def test_points_under_a_values_own_lock_draw_but_stay_quiet(pytester: pytest.Pyt
     # The wrong lock, and a lock this worker made (no other worker takes it): all act.
     assert counts["incr_under_other"] == [counts["incr"][0] + 2] * 2  # type: ignore[index]
     assert counts["own_incr_locked"] == [counts["own_incr"][0] + 2] * 2  # type: ignore[index]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_end_of_a_check_acts_more_often(pytester: pytest.Pytester, method: str) -> None:
+    """A section of a shared lock that only read (a check) ends in a point that acts CHECK_BOOST times as often,
+    for a worker's first CHECK_BOOSTS; one that also wrote does not.  Seeded: the counts are the same every time."""
+    boosted, after = stream.CHECK_BOOSTS, 400
+    found = _one_worker(
+        pytester, method, f"helpers.check_exits, args=(ipc_start_method, ipc_context.Value('i', 0), {boosted}, {after})"
+    )
+    checks, updates = found["checks"], found["updates"]  # type: ignore[index]
+    # Expected at p = 0.05: checks ~ (0.05 + 0.5) per section, then ~ 0.1 (enter and exit); updates ~ 0.1 throughout.
+    assert checks[0] / boosted > 3 * (updates[0] + updates[1]) / (boosted + after), found
+    assert checks[0] / boosted > 3 * checks[1] / after, found
+    assert abs(checks[1] - updates[1]) < 0.1 * after, found
 
 
 # A store under a shared lock acts at a quarter of the rate: with every point

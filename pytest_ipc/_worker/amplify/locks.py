@@ -48,6 +48,26 @@ def shared(lock: Any) -> bool:
 # The shared locks this process has entered (``with lock:``) and not left.
 shared_held: list[Any] = []
 
+# What the outermost critical section of a shared lock did so far, as the
+# synchronized accessors tell it (see patches._traced): read a Value or an
+# Array element, wrote one.  A section that read and did not write is a
+# check whose result the worker is about to act on outside it: the split
+# check-then-act (``with lock: left = sold.value < limit`` then, in a
+# section of its own, ``with lock: sold.value += 1``).  Its exit point acts
+# more often (see stream.point_after_check).
+section_read = False
+section_wrote = False
+
+
+def entered_section() -> None:
+    global section_read, section_wrote
+    section_read = section_wrote = False
+
+
+def left_checking() -> bool:
+    """Whether the section just left only read: its exit is a check's end."""
+    return section_read and not section_wrote
+
 
 def under_shared_lock() -> bool:
     """Whether this thread is inside a ``with`` block of a lock shared with other processes."""

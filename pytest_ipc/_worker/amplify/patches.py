@@ -100,6 +100,8 @@ def _lock_enter(enter: Callable[..., Any]) -> Callable[..., Any]:
         point(locks.holds, self)  # quiet if it is taken again: then it is no boundary
         result = enter(self)
         if stream._amp is not None and locks.shared(self):
+            if not locks.shared_held:  # the outermost section: its reads and writes are counted anew
+                locks.entered_section()
             locks.shared_held.append(self)
         return result
 
@@ -111,10 +113,14 @@ def _lock_exit(exit_: Callable[..., Any]) -> Callable[..., Any]:
     def __exit__(self: Any, *args: Any) -> Any:
         try:
             locks.shared_held.remove(self)
+            checked = not locks.shared_held and locks.left_checking()
         except ValueError:  # a lock of this process's own, or entered before amplification began
-            pass
+            checked = False
         result = exit_(self, *args)
-        point(locks.holds, self)
+        if checked:
+            stream.point_after_check(locks.holds, self)
+        else:
+            point(locks.holds, self)
         return result
 
     __exit__.__wrapped__ = exit_  # type: ignore[attr-defined]  # marks it patched
@@ -156,9 +162,11 @@ def _traced(func: Callable[..., Any], traced: Callable[..., Any], after: bool = 
 
     def wrapper(self: Any, *args: Any) -> Any:
         if not after:
+            locks.section_wrote = True
             point(locks.holds_own_lock, self)
         result = func(self, *args) if trace.events is None else traced(self, *args)
         if after:
+            locks.section_read = True
             point(locks.holds_own_lock, self)
         return result
 

@@ -30,6 +30,14 @@ MAX_SLEEP = 0.0002
 THREAD_START_SLEEP = 0.0005
 # Share of acting points that sleep rather than yield.
 SLEEP_SHARE = 0.5
+# At the end of a check (a critical section of a shared lock that read and
+# did not write; see locks.left_checking), a point acts this many times as
+# often (at most always), for the first CHECK_BOOSTS such points of a
+# worker: its window is one gap between two critical sections, which an
+# oversell crosses only at the last ticket.  Measured in bench/detection.py
+# (the per-slot sellers); the budget bounds what race-free readers pay.
+CHECK_BOOST = 10
+CHECK_BOOSTS = 32
 
 
 class Amplifier:
@@ -41,6 +49,7 @@ class Amplifier:
         self.key = f"pytest-ipc:{seed}:{index}{stream}"
         self.rng = random.Random(self.key)
         self.p = p
+        self.boosts = CHECK_BOOSTS
 
     def derived(self, stream: str) -> Amplifier:
         """A stream of its own for ``stream`` (another thread), keyed on this one's."""
@@ -48,12 +57,13 @@ class Amplifier:
         other.key = f"{self.key}:{stream}"
         other.rng = random.Random(other.key)
         other.p = self.p
+        other.boosts = CHECK_BOOSTS
         return other
 
-    def choose(self) -> float | None:
-        """None: go on; 0.0: yield the CPU; > 0: sleep that many seconds."""
+    def choose(self, p: float | None = None) -> float | None:
+        """None: go on; 0.0: yield the CPU; > 0: sleep that many seconds (acting with ``p``, else the stream's)."""
         rng = self.rng
-        if rng.random() >= self.p:
+        if rng.random() >= (self.p if p is None else p):
             return None
         if rng.random() < SLEEP_SHARE:
             return rng.random() * MAX_SLEEP
@@ -124,6 +134,21 @@ def point(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None
     choice = amp.choose()
     if amp.starting():
         choice = max(choice or 0.0, THREAD_START_SLEEP)
+    if choice is None or (guarded is not None and guarded(obj)):
+        return
+    amp.wait(choice)
+
+
+def point_after_check(guarded: Callable[[Any], bool] | None = None, obj: Any = None) -> None:
+    """The point at the end of a check (see :data:`CHECK_BOOST`): :func:`point`, acting more often."""
+    amp = current()
+    if amp is None:
+        return
+    if amp.boosts <= 0 or amp.starting():
+        point(guarded, obj)
+        return
+    amp.boosts -= 1
+    choice = amp.choose(min(1.0, amp.p * CHECK_BOOST))
     if choice is None or (guarded is not None and guarded(obj)):
         return
     amp.wait(choice)
