@@ -486,7 +486,7 @@ def test_torn_read_lock_order_queue_empty_and_shared_memory(pytester: pytest.Pyt
     empty = first("test_empty")
     assert (empty["kind"], empty["object"]) == ("check-then-act", made_label("q", "Queue", made("QUEUEMADE"))), empty
     assert {(a["op"], a["line"]) for a in empty["accesses"]} == {("empty", line["EMPTY"]), ("put", line["PUT"])}
-    assert "empty() said empty" in empty["note"]
+    assert "stopped at empty(), which said empty" in empty["note"]
 
     # SharedMemory: a byte's lost update, ordered by time (3.12+), and the buffer's other uses unharmed.
     block = tests["test_two.py::test_block"]
@@ -496,3 +496,46 @@ def test_torn_read_lock_order_queue_empty_and_shared_memory(pytester: pytest.Pyt
         label = made_label("block", "SharedMemory(16)", made("BLOCKMADE"), "[0]")
         assert (byte["kind"], byte["object"], byte["order"]) == ("lost update", label, "time"), byte
         assert {(a["line"], a["function"]) for a in byte["accesses"]} == {(line["BYTE"], "add_byte")}
+
+
+POLLING = """\
+import pytest
+
+
+def poll_then_count(q, counter, n):
+    while q.empty():  # POLL: asks again until an item is there; never stops at empty()
+        pass
+    q.get()
+    for _ in range(n):
+        counter.value += 1  # RMW
+
+
+def produce(q, n):
+    for i in range(n):
+        q.put(i)
+
+
+@pytest.mark.ipc_race(runs=20)
+def test_poll(ipc_context, ipc_workers, shared_value):
+    q = ipc_context.Queue()
+    try:
+        ipc_workers.start(poll_then_count, args=(q, shared_value, 50), count=9)
+        ipc_workers.start(produce, args=(q, 9))
+        ipc_workers.join()
+    finally:
+        q.close()
+        q.join_thread()
+"""
+
+
+def test_a_consumer_that_polls_empty_is_no_check_then_act(pytester: pytest.Pytester) -> None:
+    """empty() asked again until an item comes is no stop: the report names the counter's lost update only.
+
+    The nine workers lose updates of the tutorial's counter in every run (see the top of this file)."""
+    pytester.makepyfile(test_poll=POLLING)
+    result = run(pytester, "--ipc-start-method=fork", "--ipc-report=report.json")
+    result.assert_outcomes(failed=1)
+    entry = report_tests(pytester)["test_poll.py::test_poll"]
+    assert entry["conflicts"], entry["trace"]
+    assert {c["kind"] for c in entry["conflicts"]} == {"lost update"}, entry["conflicts"]
+    assert {a["line"] for c in entry["conflicts"] for a in c["accesses"]} == {line_of(POLLING, "RMW")}

@@ -498,17 +498,21 @@ def _torn_reads(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
 
 
 def _empty_checks(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
-    """Per queue, the first ``empty()`` that said empty while another worker's items were still to come.
+    """Per queue, a worker that stopped at ``empty()`` while another worker's items were still to come.
 
-    Either items another worker had put were not yet got (``put`` returns
+    Stopped: the worker's last access to the queue is an ``empty()`` that said
+    empty (a loop that asks again, or gets after all, is no stop).  Still to
+    come: items another worker had put were not yet got (``put`` returns
     before the queue's feeder thread has written the item, and ``empty()``
-    sees only what was written), or another worker put more after it: a
-    worker that stops at ``empty()`` never takes them.  Ordered by time.
+    sees only what was written), or another worker put more after it.
+    Ordered by time.
     """
     found: list[Finding] = []
     for place, accesses in groups.items():
         if not place[0].startswith("queue:"):
             continue
+        last = {a.worker: i for i, a in enumerate(accesses)}
+        stops = {i for i in last.values() if accesses[i].op == "empty" and accesses[i].value is True}
         puts = gets = 0
         last_put: Access | None = None
         for i, a in enumerate(accesses):
@@ -516,23 +520,20 @@ def _empty_checks(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
                 puts, last_put = puts + 1, a
             elif a.op == "get":
                 gets += 1
-            elif a.op == "empty" and a.value is True:
-                later = [b for b in accesses[i + 1 :] if b.op == "put" and b.worker != a.worker]
+            elif i in stops:
                 pending = puts - gets
                 if pending > 0 and last_put is not None and last_put.worker != a.worker:
                     items = "an item" if pending == 1 else f"{pending} items"
                     note = (
-                        f"<- empty() said empty while {items} put by {last_put.worker} had not yet been got: "
-                        "put() returns before the queue's feeder thread writes an item"
+                        f"<- stopped at empty(), which said empty while {items} put by {last_put.worker} "
+                        "had not yet been got: put() returns before the queue's feeder thread writes an item"
                     )
                     found.append(("check-then-act", [place], [last_put, a], note))
                     break
+                later = [b for b in accesses[i + 1 :] if b.op == "put" and b.worker != a.worker]
                 if later:
                     more = "one more item" if len(later) == 1 else f"{len(later)} more items"
-                    note = (
-                        f"<- empty() said empty, and {later[0].worker} put {more} after it, "
-                        "which a worker that stops here misses"
-                    )
+                    note = f"<- stopped at empty(), which said empty; {later[0].worker} put {more} after it"
                     found.append(("check-then-act", [place], [a, later[0]], note))
                     break
     return found
