@@ -51,12 +51,55 @@ TEST_PROCESS = "the test process"
 
 
 class Asked(NamedTuple):
-    """A hung worker to ask: its name, number (its index: its files), pid, and sentinel (it may exit meanwhile)."""
+    """A hung worker to ask: its name, number (its index: its files), pid, and sentinel (it may exit meanwhile).
+
+    A process that a worker started has ``child-<pid>`` for its number, no
+    sentinel (it is not the test process's child), and the worker's name as
+    its ``parent``.
+    """
 
     name: str
-    number: int  # its index in the group
+    number: int | str  # its index in the group
     pid: int
     sentinel: Any
+    parent: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.parent is None:
+            return f"'{self.name}'"
+        return f"'{self.name}' (pid {self.pid}, started by '{self.parent}')"
+
+
+def started_by(workdir: str, workers: set[str]) -> list[Asked]:
+    """The processes that ``workers`` started and that answer lock-state queries (see lockstate.AnswerQueriesToo)."""
+    found = []
+    try:
+        entries = os.listdir(workdir)
+    except OSError:
+        return []
+    for entry in sorted(entries):
+        if not (entry.startswith("child-") and entry.endswith(".answers")):
+            continue
+        try:
+            pid = int(entry[len("child-") : -len(".answers")])
+            with open(os.path.join(workdir, entry), encoding="utf-8") as f:
+                name, parent = ast.literal_eval(f.read())
+        except (OSError, ValueError, SyntaxError, TypeError):
+            continue
+        if parent in workers and _alive(pid):
+            found.append(Asked(f"{name}", f"child-{pid}", pid, None, parent))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's pid
+        return False
+    return True
 
 
 @dataclass
@@ -81,13 +124,17 @@ def examine(asked: Sequence[Asked], workdir: str, grace: float = ANSWER_GRACE) -
                 return LockReport(f"(no lock state: the hung workers could not take theirs: {'; '.join(errors)})")
             return LockReport(f"(no lock state: no hung worker answered pytest-ipc's query within {grace:g}s)")
         parties = [_Party(TEST_PROCESS, None, os.getpid(), lockstate.snapshot())]
-        parties += [_Party(f"'{a.name}'", a.name, a.pid, states[a.number]) for a in asked if a.number in states]
+        parties += [
+            _Party(a.label, a.name if a.parent is None else f"{a.name}:{a.pid}", a.pid, states[a.number])
+            for a in asked
+            if a.number in states
+        ]
         return _report(parties)
     except Exception as exc:
         return LockReport(f"(no lock state: pytest-ipc could not collect it: {type(exc).__name__}: {exc})")
 
 
-def ask(asked: Sequence[Asked], workdir: str, grace: float) -> dict[int, dict[str, Any]]:
+def ask(asked: Sequence[Asked], workdir: str, grace: float) -> dict[int | str, dict[str, Any]]:
     """The lock state of each worker that answered within ``grace`` seconds, by number.
 
     A worker whose snapshot failed answers ``{"error": "..."}``.
@@ -118,7 +165,7 @@ def ask(asked: Sequence[Asked], workdir: str, grace: float) -> dict[int, dict[st
 
 
 def _wait_for_answers(asked: Sequence[Asked], workdir: str, read_end: int, deadline: float) -> None:
-    waiting: dict[int, Asked] = {}
+    waiting: dict[int | str, Asked] = {}
     for a in asked:
         path = lockstate_path(workdir, a.number)
         with contextlib.suppress(FileNotFoundError):
@@ -135,7 +182,7 @@ def _wait_for_answers(asked: Sequence[Asked], workdir: str, read_end: int, deadl
         remaining = deadline - time.monotonic()
         if not waiting or remaining <= 0:
             return
-        sentinels = {a.sentinel: a for a in waiting.values()}
+        sentinels = {a.sentinel: a for a in waiting.values() if a.sentinel is not None}
         for ready in wait([read_end, *sentinels], timeout=remaining):
             if ready == read_end:
                 with contextlib.suppress(BlockingIOError):

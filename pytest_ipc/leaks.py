@@ -206,7 +206,7 @@ def clean_up(leaks: Leaks) -> None:
 
 
 def _end(proc: Any) -> None:
-    from pytest_ipc.workers import descendant_pids, kill_pids
+    from pytest_ipc.workers import descendant_pids, end_pids
 
     if proc.exitcode is None:
         descendants = descendant_pids(proc.pid)
@@ -214,7 +214,7 @@ def _end(proc: Any) -> None:
         proc.join(END_GRACE)
         if proc.exitcode is None:
             proc.kill()
-        kill_pids(descendants)
+        end_pids(descendants, END_GRACE)
     proc.join(END_GRACE)
 
 

@@ -10,6 +10,7 @@ when psutil is installed.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import sys
@@ -32,6 +33,9 @@ from pytest_ipc.gate import StartGate
 # long a SIGKILLed one gets to be reaped, before we stop waiting for it.
 ABORT_GRACE = 2.0
 KILL_GRACE = 5.0
+# How long a killed worker's resource tracker gets to unlink what the worker
+# left registered and exit by itself (it needs milliseconds).
+TRACKER_GRACE = 2.0
 
 
 @dataclass
@@ -189,7 +193,12 @@ _QUEUE_EXIT_HINT = (
 
 
 def descendant_pids(pid: int | None) -> list[int]:
-    """PIDs of a process's children, grandchildren, ... (empty without psutil)."""
+    """PIDs of a process's children, grandchildren, ... (empty without psutil), resource trackers last.
+
+    A ``multiprocessing`` resource tracker among them is what unlinks the
+    semaphores and segments its processes leave behind, once they are gone:
+    :func:`end_pids` gives it the chance before it ends it.
+    """
     if pid is None:
         return []
     try:
@@ -197,9 +206,50 @@ def descendant_pids(pid: int | None) -> list[int]:
     except ImportError:
         return []
     try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        found = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+    return sorted((p.pid for p in found), key=lambda child: _is_resource_tracker(child))
+
+
+_RESOURCE_TRACKER = "from multiprocessing.resource_tracker import main"
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return _RESOURCE_TRACKER.encode() in f.read()
+    except OSError:
+        return False
+
+
+def end_pids(pids: Iterable[int], grace: float) -> None:
+    """SIGKILL ``pids``, but give their resource trackers ``grace`` seconds to clean up and exit first.
+
+    A tracker exits by itself once every process that writes to it is gone,
+    after it has unlinked what they left registered (a hung worker's own
+    ``Barrier`` under spawn, say); killed, it would leave that behind.
+    """
+    pids = list(pids)
+    trackers = [pid for pid in pids if _is_resource_tracker(pid)]
+    # A pidfd (Linux 5.3) becomes readable as its process exits, child of ours or not.
+    fds = {}
+    for pid in trackers:
+        try:
+            fds[pid] = os.pidfd_open(pid)
+        except OSError:  # gone already, or a kernel without pidfds: ended below if still there
+            pass
+    kill_pids(pid for pid in pids if pid not in trackers)
+    try:
+        deadline = time.monotonic() + grace
+        waiting = list(fds.values())
+        while waiting and (remaining := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(waiting, [], [], remaining)
+            waiting = [fd for fd in waiting if fd not in ready]
+        kill_pids(pid for pid in trackers if pid not in fds or fds[pid] in waiting)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def kill_pids(pids: Iterable[int]) -> None:
@@ -593,17 +643,19 @@ class IpcWorkers:
         """
         __tracebackhide__ = True
         locks = deadlock.LockReport()
+        children = deadlock.started_by(self._workdir, {w.name for w in hung})
         if ask_locks:
             asked = [
                 deadlock.Asked(w.name, w.index, w.pid, w.process.sentinel)
                 for w in hung
                 if w.pid is not None and w.running()
             ]
-            locks = deadlock.examine(asked, self._workdir)
+            locks = deadlock.examine(asked + children, self._workdir)
         for w in hung:
             if w.pid is None:  # never started: nothing to ask for its stacks
                 continue
-            w.descendants = descendant_pids(w.pid)
+            # psutil finds them all; without it, those that said they answer queries.
+            w.descendants = descendant_pids(w.pid) or [c.pid for c in children if c.parent == w.name]
             w.killed_for_hang = True
             try:
                 os.kill(w.pid, signal.SIGABRT)
@@ -654,7 +706,7 @@ class IpcWorkers:
             if w.process.exitcode is None and w.pid is not None:
                 w.descendants = w.descendants or descendant_pids(w.pid)
                 kill_pids([w.pid])
-            kill_pids(w.descendants)
+        end_pids([pid for w in live for pid in w.descendants], TRACKER_GRACE)
         _wait_exit(live, time.monotonic() + KILL_GRACE)
 
     def close(self) -> list[str]:

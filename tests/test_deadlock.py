@@ -12,6 +12,7 @@ no semaphore in /dev/shm, no worker group directory (``run_inner``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,6 +91,20 @@ def crossed(lock_a, lock_b):
     with lock_a:  # MAIN-TAKES-A
         barrier.wait()
         lock_b.acquire()  # MAIN-WAITS-B
+
+
+def spawner(method, lock_a, lock_b):
+    # Starts the pair itself, as code under test does, and waits for it.
+    import multiprocessing
+
+    record()
+    ctx = multiprocessing.get_context(method)
+    barrier = ctx.Barrier(2)
+    pair = [ctx.Process(target=f, args=(lock_a, lock_b, barrier)) for f in (left, right)]
+    for p in pair:
+        p.start()
+    for p in pair:
+        p.join()
 
 
 def spin():
@@ -393,3 +408,44 @@ def test_a_hang_that_is_no_lock_wait_prints_no_cycle_and_an_unanswered_query_one
     assert deaf[1:-1] == ["(no lock state: no hung worker answered pytest-ipc's query within 1s)"]
     run.result.stdout.fnmatch_lines([f'E *File "*helpers.py", line {h("DEAF")} in deaf'])
     assert len(run.pids) == 2
+
+
+STARTED_BY_A_WORKER = """
+import pytest
+import helpers
+
+
+@pytest.mark.ipc_timeout(2)
+def test_children(ipc_workers, ipc_context, ipc_start_method):
+    lock_a = ipc_context.Lock()  # CREATE-A
+    lock_b = ipc_context.Lock()  # CREATE-B
+    ipc_workers.start(helpers.spawner, args=(ipc_start_method, lock_a, lock_b), name="spawner")
+    ipc_workers.join()
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_processes_a_worker_starts_itself_are_in_the_cycle(
+    pytester: pytest.Pytester, run_inner: Callable[..., Run], method: str
+) -> None:
+    """The pair deadlocks in two processes that a worker started with Process(): they are named, with their pids."""
+    pytester.makepyfile(test_children=STARTED_BY_A_WORKER)
+    run = run_inner(method=method)
+    run.result.assert_outcomes(failed=1)
+    [report] = reports(run)
+    assert report[0].endswith("still running after the 2s timeout; ended them.")
+    h = lines_of(pytester.path / "helpers.py")
+    t = lines_of(pytester.path / "test_children.py")
+    lock_a = f"lock_a (Lock, created at test_children.py:{t('CREATE-A')})"
+    lock_b = f"lock_b (Lock, created at test_children.py:{t('CREATE-B')})"
+    child = r"'[\w:-]+' \(pid (\d+), started by 'spawner-0'\)"
+    assert report[1] == "deadlock: a wait-for cycle of 2 workers", report
+    first = re.fullmatch(rf"  ({child}) holds (.*), taken at (.*)", report[2])
+    second = re.fullmatch(rf"  ({child}) holds (.*), taken at (.*)", report[4])
+    assert first and second, report
+    assert (first.group(3), first.group(4)) == (lock_a, f"helpers.py:{h('LEFT-TAKES-A')} in left"), report
+    assert report[3].strip() == f"waits for {lock_b} at helpers.py:{h('LEFT-WAITS-B')} in left", report
+    assert (second.group(3), second.group(4)) == (lock_b, f"helpers.py:{h('RIGHT-TAKES-B')} in right"), report
+    assert report[5].strip() == f"waits for {lock_a} at helpers.py:{h('RIGHT-WAITS-A')} in right", report
+    # The worker and both of its children recorded their pids; the children's are the report's.
+    assert {int(first.group(2)), int(second.group(2))} < set(run.pids) and len(run.pids) == 3

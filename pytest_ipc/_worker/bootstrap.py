@@ -210,6 +210,7 @@ def _prepare_process(spec: ChildSpec) -> None:
     # Which locks it holds and waits for, told the parent at a hang (a deadlock report).
     lockstate.install()
     lockstate.answer_queries(lockstate_path(spec.workdir, spec.index), lock_answers_path(spec.workdir))
+    lockstate.follow_children(spec.workdir, spec.name)
 
 
 def _pass_barrier(go: Any, timeout: float, gate_deadline: float | None = None, workdir: str = "") -> bool:

@@ -420,3 +420,61 @@ def answer_queries(state_path: str, answers_path: str) -> None:
 
     handler: Callable[[int, Any], None] = answer
     signal.signal(QUERY_SIGNAL, handler)
+
+
+# -- processes that a worker starts: they answer too ---------------------------
+
+
+class AnswerQueriesToo:
+    """The layer (see :mod:`.startpatch`) by which a process a worker starts answers lock-state queries.
+
+    In the child it installs the lock patches before the work's objects are
+    unpickled, answers :data:`QUERY_SIGNAL` into a file of its own, and
+    writes ``child-<pid>.answers`` (its name and its parent worker's) so that
+    the parent's hang report knows whom to ask.
+    """
+
+    def __init__(self, workdir: str, worker: str) -> None:
+        self.workdir = workdir
+        self.worker = worker
+
+    def unpickled(self) -> None:
+        install()
+
+    def enter(self, work: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        from multiprocessing import process
+
+        from pytest_ipc._worker.protocol import child_answers_path, lock_answers_path, lockstate_path
+
+        install()
+        pid = os.getpid()
+        answer_queries(lockstate_path(self.workdir, f"child-{pid}"), lock_answers_path(self.workdir))
+        try:
+            with open(child_answers_path(self.workdir, pid), "w", encoding="utf-8") as f:
+                f.write(repr((process.current_process().name, self.worker)))
+        except OSError:  # the worker's directory is gone: the run is over
+            pass
+
+    def exit(self) -> None:
+        from pytest_ipc._worker.protocol import child_answers_path
+
+        try:
+            os.unlink(child_answers_path(self.workdir, os.getpid()))
+        except OSError:
+            pass
+
+
+_followed: tuple[str, str] | None = None
+
+
+def follow_children(workdir: str, worker: str) -> None:
+    """Have the processes this worker starts (and theirs, under fork) answer lock-state queries too."""
+    global _followed
+    from pytest_ipc._worker import startpatch
+
+    _followed = (workdir, worker)
+    startpatch.add_hook(_layer_for)
+
+
+def _layer_for(proc: Any) -> AnswerQueriesToo | None:
+    return AnswerQueriesToo(*_followed) if _followed is not None else None

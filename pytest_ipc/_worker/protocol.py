@@ -137,8 +137,14 @@ def result_path(workdir: str, index: int) -> str:
     return os.path.join(workdir, f"worker-{index}.result")
 
 
-def lockstate_path(workdir: str, index: int) -> str:
+def lockstate_path(workdir: str, index: int | str) -> str:
+    """Where a worker (by index), or a process a worker started (``child-<pid>``), writes its lock state."""
     return os.path.join(workdir, f"worker-{index}.locks")
+
+
+def child_answers_path(workdir: str, pid: int) -> str:
+    """Written by a process that a worker started, once it answers lock-state queries: its name, its parent's."""
+    return os.path.join(workdir, f"child-{pid}.answers")
 
 
 def lock_answers_path(workdir: str) -> str:
