@@ -474,26 +474,23 @@ def _torn_reads(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
                 continue
             starts = [w1.time for w1, _w2 in pairs]
             k = bisect.bisect_right(starts, r1.time)
-            if k < len(pairs):  # the writer's next pair after the first read: inside the reader's?
-                w1, w2 = pairs[k]
-                if w2.time < r2.time and r1.value != w1.value:
-                    note = (
-                        f"<- torn: read {_name_of(r1)} before and {_name_of(r2)} after {writer} "
-                        f"wrote them (lines {w1.line} and {w2.line}): a pair that never existed"
-                    )
-                    found.append(("torn read", [x, y], [r1, w1, w2, r2], note))
-                    seen.add((x, y))
-                    break
-            if k > 0:  # the writer's last pair before it: around the reader's?
-                w1, w2 = pairs[k - 1]
-                if w2.time > r2.time and r2.value != w2.value:
-                    note = (
-                        f"<- torn: {r1.worker} read {_name_of(r1)} after and {_name_of(r2)} before "
-                        f"this write: a pair that never existed"
-                    )
-                    found.append(("torn read", [x, y], [w1, r1, r2, w2], note))
-                    seen.add((x, y))
-                    break
+            torn: tuple[list[Access], str] | None = None
+            if k < len(pairs) and pairs[k][1].time < r2.time and r1.value != pairs[k][0].value:
+                w1, w2 = pairs[k]  # the writer's next pair after the first read, inside the reader's
+                torn = (
+                    [r1, w1, w2, r2],
+                    (
+                        f"read {_name_of(r1)} before and {_name_of(r2)} after {writer} wrote them "
+                        f"(lines {w1.line} and {w2.line})"
+                    ),
+                )
+            elif k > 0 and pairs[k - 1][1].time > r2.time and r2.value != pairs[k - 1][1].value:
+                w1, w2 = pairs[k - 1]  # the writer's last pair before it, around the reader's
+                torn = [w1, r1, r2, w2], f"{r1.worker} read {_name_of(r1)} after and {_name_of(r2)} before this write"
+            if torn is not None:
+                found.append(("torn read", [x, y], torn[0], f"<- torn: {torn[1]}: a pair that never existed"))
+                seen.add((x, y))
+                break
     return found
 
 
