@@ -93,13 +93,12 @@ def started_by(workdir: str, workers: set[str]) -> list[Asked]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs, not a zombie (a child killed before it could remove its file)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:  # pragma: no cover - another user's pid
-        return False
-    return True
 
 
 @dataclass

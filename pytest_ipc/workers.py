@@ -242,10 +242,14 @@ def end_pids(pids: Iterable[int], grace: float) -> None:
     kill_pids(pid for pid in pids if pid not in trackers)
     try:
         deadline = time.monotonic() + grace
-        waiting = list(fds.values())
+        poller = select.poll()  # not select(): a test process may hold more than 1024 descriptors
+        for fd in fds.values():
+            poller.register(fd, select.POLLIN)
+        waiting = set(fds.values())
         while waiting and (remaining := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select(waiting, [], [], remaining)
-            waiting = [fd for fd in waiting if fd not in ready]
+            for fd, _event in poller.poll(remaining * 1000):
+                waiting.discard(fd)
+                poller.unregister(fd)
         kill_pids(pid for pid in trackers if pid not in fds or fds[pid] in waiting)
     finally:
         for fd in fds.values():

@@ -314,15 +314,15 @@ def test_shards_merge_keeps_the_conflict(pytester: pytest.Pytester) -> None:
     assert {a["line"] for a in merged["conflicts"][0]["accesses"]} == {line_of(COUNTER, "RMW")}
 
 
-# Why each kind below shows in every session: the writer writes its pair 300
-# times while two readers read it 300 times, behind one start gate, so torn
-# pairs come by the dozen in a run (74 of 600 reads in one we counted); the
+# Why each kind below shows in every session: the writer writes its pair 1000
+# times while two readers read it 1000 times, behind one start gate, so torn
+# pairs come by the dozen in a run (74 of 600 reads at 300 in one we counted); the
 # four lock users, 200 rounds each with a 50 ms timeout, time out in nearly
 # every run (7 of 7 in our trials), and they nest their locks in every
 # round, so any traced run has both orders; the consumer starts with the producer and stops at its
 # first empty() (a traced run always records that answer and the producer's
-# puts after or before it); nine workers each add 25 to a SharedMemory byte
-# with no lock.  Each test has up to five traced runs to show it.
+# puts after or before it); nine workers each add 100 to a SharedMemory byte
+# with no lock (modulo 256: a byte).  Each test has up to five traced runs to show it.
 TWO_OBJECTS = """\
 import struct
 
@@ -348,8 +348,8 @@ def read_pair(a, b, torn, n):
 def test_torn(ipc_context, ipc_workers):
     a, b = ipc_context.Value("i", 0), ipc_context.Value("i", 0)  # PAIRMADE
     torn = ipc_context.Value("i", 0)
-    ipc_workers.start(write_pair, args=(a, b, 300))
-    ipc_workers.start(read_pair, args=(a, b, torn, 300), count=2)
+    ipc_workers.start(write_pair, args=(a, b, 1000))
+    ipc_workers.start(read_pair, args=(a, b, torn, 1000), count=2)
     ipc_workers.join()
     assert torn.value == 0
 
@@ -410,7 +410,7 @@ def add_byte(name, n):
     try:
         buf = shm.buf
         for _ in range(n):
-            buf[0] += 1  # BYTE
+            buf[0] = (buf[0] + 1) % 256  # BYTE
         # The buffer's other uses keep working in a traced run (through __buffer__ from 3.12).
         struct.pack_into("i", shm.buf, 4, 7)
         assert bytes(shm.buf[4:8]) == struct.pack("i", 7) and len(shm.buf) == 16
@@ -427,7 +427,7 @@ def test_block(ipc_workers, ipc_outcome):
     block = shared_memory.SharedMemory(create=True, size=16)  # BLOCKMADE
     try:
         block.buf[0] = 0
-        ipc_workers.start(add_byte, args=(block.name, 25), count=9)
+        ipc_workers.start(add_byte, args=(block.name, 100), count=9)
         ipc_workers.join()
         ipc_outcome.record(block.buf[0])
     finally:

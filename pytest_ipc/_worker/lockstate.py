@@ -232,20 +232,31 @@ def _traced_take(lock: Any, caller: FrameType, frame: FrameType | None, taken: b
     accessors, a feeder thread), which nest no lock of the user's.
     """
     events = trace.events
-    if events is None or caller.f_code.co_filename.startswith(_multiprocessing):
+    if events is None:
+        return
+    by: FrameType | None = caller
+    while by is not None and by.f_code.co_filename.startswith(_OURS):  # amplification's wrappers
+        by = by.f_back
+    if by is not None and by.f_code.co_filename.startswith(_multiprocessing):
         return
     when = time.monotonic_ns()
     ident = _trace_id(lock)
     held = []
+    still = []
     for other in trace.locks_taken:
-        if other is not lock and _holds(other._semlock):
+        semlock = other._semlock
+        if other is lock or not _holds(semlock):
+            continue  # released: it comes back at its next take
+        still.append(other)
+        if semlock._is_mine():  # this thread's, not another thread's of this process
             where = other.__dict__.get("_ipc_taken")
             at = ("?", 0, "?") if not where else (where[0].co_filename, _line_of(*where) or 0, where[0].co_name)
             held.append((_trace_id(other), *at))
     at = ("?", 0, "?") if frame is None else (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
     events.append((when, ident, None, "take" if taken else "timeout", tuple(held), *at))
-    if taken and not any(other is lock for other in trace.locks_taken):
-        trace.locks_taken.append(lock)
+    if taken:
+        still.append(lock)
+    trace.locks_taken[:] = still
 
 
 def _trace_id(lock: Any) -> str:
@@ -446,13 +457,13 @@ class AnswerQueriesToo:
 
         from pytest_ipc._worker.protocol import child_answers_path, lock_answers_path, lockstate_path
 
-        install()
-        pid = os.getpid()
-        answer_queries(lockstate_path(self.workdir, f"child-{pid}"), lock_answers_path(self.workdir))
         try:
+            install()
+            pid = os.getpid()
+            answer_queries(lockstate_path(self.workdir, f"child-{pid}"), lock_answers_path(self.workdir))
             with open(child_answers_path(self.workdir, pid), "w", encoding="utf-8") as f:
                 f.write(repr((process.current_process().name, self.worker)))
-        except OSError:  # the worker's directory is gone: the run is over
+        except Exception:  # the worker's directory gone, a signal not ours to take: the work runs all the same
             pass
 
     def exit(self) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import marshal
 import os
+import reprlib
 import sys
 import time
 from typing import Any
@@ -107,8 +108,18 @@ def _skipped(frame: Any) -> bool:
     return filename.startswith(_SKIPPED) or (filename == "<string>" and "__name__" not in frame.f_globals)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
 def _plain(value: Any) -> Any:
-    return value if type(value) in _PLAIN else repr(value)[:80]
+    """``value`` as a trace keeps it: itself if plain, else a short repr (bounded work, never raising)."""
+    if type(value) in _PLAIN:
+        return value if not isinstance(value, (str, bytes)) or len(value) <= 80 else value[:80]
+    try:
+        return _REPR.repr(value)[:80]
+    except Exception:  # a user's __repr__ that fails: the access is still recorded
+        return f"<{type(value).__name__}>"
 
 
 def _record(ident: str, key: Any, op: str, value: Any, when: int) -> None:
@@ -430,14 +441,17 @@ def queue_id(q: Any) -> str:
     return ident
 
 
-def queue_op(q: Any, op: str, value: Any) -> None:
-    """Record a queue's ``put`` (of ``value``), ``get`` (that returned it) or ``empty`` (its answer)."""
+def queue_op(q: Any, op: str, value: Any, when: int | None = None) -> None:
+    """Record a queue's ``put`` (of ``value``), ``get`` (that returned it) or ``empty`` (its answer).
+
+    A put is timed as it begins (``when``): its item may be got, and the
+    queue found empty, before the producer's ``put()`` returns.
+    """
     if events is not None:
         try:
-            ident = queue_id(q)
-        except Exception:  # a queue of another shape: not traced
-            return
-        _record(ident, None, op, value, time.monotonic_ns())
+            _record(queue_id(q), None, op, value, time.monotonic_ns() if when is None else when)
+        except Exception:  # a queue of another shape: not traced; the queue's own work is done
+            pass
 
 
 # -- SharedMemory: its buffer's items, read and written (3.12+) ---------------
@@ -504,7 +518,15 @@ class TracedBuffer:
     def __release_buffer__(self, view: memoryview) -> None:
         view.release()
 
+    def __enter__(self) -> Any:
+        return self._view.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._view.__exit__(*exc)
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not set yet (a copy in the making): no recursion through _view
+            raise AttributeError(name)
         return getattr(self._view, name)
 
     def __repr__(self) -> str:

@@ -258,11 +258,12 @@ class Tracer:
         edge B -> A of another worker closes the cycle.  The first example
         of each edge and worker is kept.
         """
-        edges: dict[tuple[str, str], dict[str, tuple[Access, Access]]] = {}
+        edges: dict[tuple[str, str], dict[str, tuple[Access, Access, frozenset[str]]]] = {}
         for (ident, _key), accesses in groups.items():
             if not ident.startswith("lock:"):
                 continue
             for take in accesses:
+                holding = frozenset(h[0] for h in take.value or ())
                 for held, file, line, function in take.value or ():
                     row = Access(take.time, take.worker, "holds", self._lock_name(held), file, line, function)
                     shown = Access(
@@ -274,16 +275,20 @@ class Tracer:
                         take.line,
                         take.function,
                     )
-                    edges.setdefault((held, ident), {}).setdefault(take.worker, (row, shown))
+                    edges.setdefault((held, ident), {}).setdefault(take.worker, (row, shown, holding))
         found = []
         for (a, b), by in sorted(edges.items()):
             back = edges.get((b, a))
             if a >= b or not back:
                 continue
-            pair = next(((w1, w2) for w1 in by for w2 in back if w1 != w2), None)
+            # Two nestings inside a common outer lock cannot deadlock: that lock lets one in at a time.
+            pair = next(
+                ((w1, w2) for w1 in by for w2 in back if w1 != w2 and not (by[w1][2] & back[w2][2]) - {a, b}),
+                None,
+            )
             if pair is None:
                 continue
-            (hold1, take1), (hold2, take2) = by[pair[0]], back[pair[1]]
+            (hold1, take1, _), (hold2, take2, _) = by[pair[0]], back[pair[1]]
             verb = "waited in vain (a timeout) for" if take2.op == "waits" else "takes"
             note = (
                 f"<- {verb} {take2.value} while holding {hold2.value}, the opposite order to {take1.worker}'s: "
@@ -444,9 +449,10 @@ def _torn_reads(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
     ``b.value = i``.  A reader's pair (r1 on X, r2 on Y) is torn by a writer's
     pair (w1 on X, w2 on Y) when one of the reads falls before its write and
     the other after: r1 < w1 < w2 < r2 (it read the old X, the new Y), or
-    w1 < r1 < r2 < w2 (the new X, the old Y), and the value it read differs
-    from the one the writer wrote.  Each comparison is between two accesses
-    of one object (ordered by its lock where it has one) or of one worker.
+    w1 < r1 < r2 < w2 (the new X, the old Y), and the values agree: the read
+    after a write saw that write's value, the read before it another.  Each
+    comparison is between two accesses of one object (ordered by its lock
+    where it has one) or of one worker.
     """
     by_worker: dict[str, list[tuple[Access, tuple[str, Any]]]] = defaultdict(list)
     for place, accesses in groups.items():
@@ -466,17 +472,25 @@ def _torn_reads(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
                 writes[(x, y)][worker].append((a, b))
     found: list[Finding] = []
     seen: set[tuple[Any, Any]] = set()
+    starts = {(xy, writer): [w1.time for w1, _w2 in pairs] for xy, by in writes.items() for writer, pairs in by.items()}
     for r1, r2, x, y in reads:
         if (x, y) in seen or (x, y) not in writes:
             continue
         for writer, pairs in writes[(x, y)].items():
             if writer == r1.worker:
                 continue
-            starts = [w1.time for w1, _w2 in pairs]
-            k = bisect.bisect_right(starts, r1.time)
+            times = starts[((x, y), writer)]
+            k = bisect.bisect_right(times, r1.time)  # the writer's first pair that begins after the first read
+            j = bisect.bisect_left(times, r2.time) - 1  # its last pair that begins before the second read
             torn: tuple[list[Access], str] | None = None
-            if k < len(pairs) and pairs[k][1].time < r2.time and r1.value != pairs[k][0].value:
-                w1, w2 = pairs[k]  # the writer's next pair after the first read, inside the reader's
+            # The values must say so too: where the order is by time, a clock's skew must not tear a pair.
+            if (
+                k <= j
+                and pairs[j][1].time < r2.time
+                and r1.value != pairs[j][0].value
+                and r2.value == pairs[j][1].value
+            ):
+                w1, w2 = pairs[j]  # a whole pair of the writer's between the two reads
                 torn = (
                     [r1, w1, w2, r2],
                     (
@@ -484,7 +498,12 @@ def _torn_reads(groups: dict[tuple[str, Any], list[Access]]) -> list[Finding]:
                         f"(lines {w1.line} and {w2.line})"
                     ),
                 )
-            elif k > 0 and pairs[k - 1][1].time > r2.time and r2.value != pairs[k - 1][1].value:
+            elif (
+                k > 0
+                and pairs[k - 1][1].time > r2.time
+                and r2.value != pairs[k - 1][1].value
+                and r1.value == pairs[k - 1][0].value
+            ):
                 w1, w2 = pairs[k - 1]  # the writer's last pair before it, around the reader's
                 torn = [w1, r1, r2, w2], f"{r1.worker} read {_name_of(r1)} after and {_name_of(r2)} before this write"
             if torn is not None:

@@ -10,6 +10,7 @@ itself, which no other worker takes (the wrong lock), leaves them all on.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 
@@ -48,25 +49,30 @@ def shared(lock: Any) -> bool:
 # The shared locks this process has entered (``with lock:``) and not left.
 shared_held: list[Any] = []
 
-# What the outermost critical section of a shared lock did so far, as the
-# synchronized accessors tell it (see patches._traced): read a Value or an
-# Array element, wrote one.  A section that read and did not write is a
-# check whose result the worker is about to act on outside it: the split
-# check-then-act (``with lock: left = sold.value < limit`` then, in a
-# section of its own, ``with lock: sold.value += 1``).  Its exit point acts
-# more often (see stream.point_after_check).
-section_read = False
-section_wrote = False
+
+# What the outermost critical section of a shared lock did so far, per
+# thread, as the synchronized accessors tell it (see patches._traced): read
+# a Value or an Array element, wrote one.  A section that read and did not
+# write is a check whose result the worker is about to act on outside it:
+# the split check-then-act (``with lock: left = sold.value < limit`` then, in
+# a section of its own, ``with lock: sold.value += 1``).  Its exit point acts
+# more often (see stream.point_after_check).  Per thread, so that another
+# thread's reads leave the main thread's choices alone.
+class _Section(threading.local):
+    read = False
+    wrote = False
+
+
+section = _Section()
 
 
 def entered_section() -> None:
-    global section_read, section_wrote
-    section_read = section_wrote = False
+    section.read = section.wrote = False
 
 
 def left_checking() -> bool:
     """Whether the section just left only read: its exit is a check's end."""
-    return section_read and not section_wrote
+    return section.read and not section.wrote
 
 
 def under_shared_lock() -> bool:

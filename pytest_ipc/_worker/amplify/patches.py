@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -162,11 +163,11 @@ def _traced(func: Callable[..., Any], traced: Callable[..., Any], after: bool = 
 
     def wrapper(self: Any, *args: Any) -> Any:
         if not after:
-            locks.section_wrote = True
+            locks.section.wrote = True
             point(locks.holds_own_lock, self)
         result = func(self, *args) if trace.events is None else traced(self, *args)
         if after:
-            locks.section_read = True
+            locks.section.read = True
             point(locks.holds_own_lock, self)
         return result
 
@@ -218,9 +219,11 @@ def _patch_queues(module: ModuleType) -> None:
 def _queue_put(put: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
         point(None, self)
+        if trace.events is None:
+            return put(self, obj, *args, **kwargs)
+        began = time.monotonic_ns()
         result = put(self, obj, *args, **kwargs)
-        if trace.events is not None:
-            trace.queue_op(self, "put", obj)
+        trace.queue_op(self, "put", obj, began)
         return result
 
     wrapper.__wrapped__ = put  # type: ignore[attr-defined]  # marks it patched

@@ -144,7 +144,7 @@ def point_after_check(guarded: Callable[[Any], bool] | None = None, obj: Any = N
     amp = current()
     if amp is None:
         return
-    if amp.boosts <= 0 or amp.starting():
+    if amp.boosts <= 0 or amp.fresh:  # a thread's first point is point()'s to take (its start sleep)
         point(guarded, obj)
         return
     amp.boosts -= 1
