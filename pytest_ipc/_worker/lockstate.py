@@ -46,8 +46,6 @@ from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
-from pytest_ipc._worker import trace
-
 QUERY_SIGNAL = signal.SIGURG
 
 # The kind of an RLock's semaphore (multiprocessing.synchronize.RECURSIVE_MUTEX).
@@ -62,6 +60,10 @@ _PYTEST_FIXTURES = os.sep + os.path.join("_pytest", "fixtures.py")
 _skip: tuple[str, ...] = _OURS
 # multiprocessing's own directory, once the module is patched.
 _multiprocessing: tuple[str, ...] = ()
+
+# Whether this process is traced (set by trace.start and trace.stop; see
+# _traced_take): trace is imported only then, as it imports ctypes.
+tracing = False
 
 # thread ident -> (lock, frame of the acquire's caller) while the thread waits.
 _waiting: dict[int, tuple[Any, FrameType]] = {}
@@ -160,10 +162,10 @@ def _acquire(self: Any, block: bool = True, timeout: float | None = None) -> boo
     taken = None if frame is None else (frame.f_code, frame.f_lasti)  # before: the critical section stays short
     if semlock.acquire(False) or (block and _wait(self, semlock, timeout)):
         self._ipc_taken = taken
-        if trace.events is not None:
+        if tracing:
             _traced_take(self, caller, frame, True)
         return True
-    if block and trace.events is not None:
+    if block and tracing:
         _traced_take(self, caller, frame, False)
     return False
 
@@ -176,7 +178,7 @@ def _enter(self: Any) -> bool:
     if not semlock.acquire(False):
         _wait(self, semlock, None)
     self._ipc_taken = taken
-    if trace.events is not None:
+    if tracing:
         _traced_take(self, caller, frame, True)
     return True
 
@@ -196,10 +198,10 @@ def _acquire_rlock(self: Any, block: bool = True, timeout: float | None = None) 
     taken = None if frame is None else (frame.f_code, frame.f_lasti)  # before: the critical section stays short
     if semlock.acquire(False) or (block and _wait(self, semlock, timeout)):
         self._ipc_taken = taken
-        if trace.events is not None:
+        if tracing:
             _traced_take(self, caller, frame, True)
         return True
-    if block and trace.events is not None:
+    if block and tracing:
         _traced_take(self, caller, frame, False)
     return False
 
@@ -216,7 +218,7 @@ def _enter_rlock(self: Any) -> bool:
     if not semlock.acquire(False):
         _wait(self, semlock, None)
     self._ipc_taken = taken
-    if trace.events is not None:
+    if tracing:
         _traced_take(self, caller, frame, True)
     return True
 
@@ -231,6 +233,8 @@ def _traced_take(lock: Any, caller: FrameType, frame: FrameType | None, taken: b
     ``multiprocessing``'s own code (a queue's locks, a synchronized object's
     accessors, a feeder thread), which nest no lock of the user's.
     """
+    from pytest_ipc._worker import trace
+
     events = trace.events
     if events is None:
         return
@@ -260,6 +264,8 @@ def _traced_take(lock: Any, caller: FrameType, frame: FrameType | None, taken: b
 
 
 def _trace_id(lock: Any) -> str:
+    from pytest_ipc._worker import trace
+
     ident = "lock:" + key(lock._semlock)
     if ident not in trace.objects:
         trace.objects[ident] = (type(lock).__name__, getattr(lock, "_ipc_site", None) or "", "lock")

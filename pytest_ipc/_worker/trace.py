@@ -33,6 +33,8 @@ import sys
 import time
 from typing import Any
 
+from pytest_ipc._worker import lockstate
+
 # The events of this process while it is traced, else None:
 # (time_ns, object id, key, op, value, file, line, function).
 events: list[tuple[Any, ...]] | None = None
@@ -58,6 +60,7 @@ def start(directory: str, worker: str) -> None:
     events, _dir, _worker = [], directory, worker
     objects.clear()
     locks_taken.clear()
+    lockstate.tracing = True
 
 
 def directory() -> str | None:
@@ -71,6 +74,7 @@ def stop() -> None:
     if events is None:
         return
     recorded, events = events, None
+    lockstate.tracing = False
     locks_taken.clear()
     _unpatch_raw()
     if not recorded:
