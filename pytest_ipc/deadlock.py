@@ -88,7 +88,7 @@ def started_by(workdir: str, workers: set[str]) -> list[Asked]:
         except (OSError, ValueError, SyntaxError, TypeError):
             continue
         if parent in workers and _alive(pid):
-            found.append(Asked(f"{name}", f"child-{pid}", pid, None, parent))
+            found.append(Asked(str(name), f"child-{pid}", pid, None, parent))
     return found
 
 

@@ -193,7 +193,7 @@ _QUEUE_EXIT_HINT = (
 
 
 def descendant_pids(pid: int | None) -> list[int]:
-    """PIDs of a process's children, grandchildren, ... (empty without psutil), resource trackers last.
+    """PIDs of a process's children, grandchildren, ... (empty without psutil).
 
     A ``multiprocessing`` resource tracker among them is what unlinks the
     semaphores and segments its processes leave behind, once they are gone:
@@ -206,10 +206,9 @@ def descendant_pids(pid: int | None) -> list[int]:
     except ImportError:
         return []
     try:
-        found = psutil.Process(pid).children(recursive=True)
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return []
-    return sorted((p.pid for p in found), key=lambda child: _is_resource_tracker(child))
 
 
 _RESOURCE_TRACKER = "from multiprocessing.resource_tracker import main"

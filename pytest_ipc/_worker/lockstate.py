@@ -253,9 +253,8 @@ def _traced_take(lock: Any, caller: FrameType, frame: FrameType | None, taken: b
             continue  # released: it comes back at its next take
         still.append(other)
         if semlock._is_mine():  # this thread's, not another thread's of this process
-            where = other.__dict__.get("_ipc_taken")
-            at = ("?", 0, "?") if not where else (where[0].co_filename, _line_of(*where) or 0, where[0].co_name)
-            held.append((_trace_id(other), *at))
+            file, line, function = _taken_at(other) or ("?", 0, "?")
+            held.append((_trace_id(other), file, line or 0, function))
     at = ("?", 0, "?") if frame is None else (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
     events.append((when, ident, None, "take" if taken else "timeout", tuple(held), *at))
     if taken:
@@ -322,19 +321,25 @@ def creation_site(frame: FrameType | None) -> dict[str, Any] | None:
     if frame is None:
         return None
     code = frame.f_code
-    try:
-        pos = next(itertools.islice(code.co_positions(), frame.f_lasti // 2, None))
-    except (StopIteration, ValueError):  # pragma: no cover - a code object without positions
-        pos = None
+    pos = call_position(frame)
     caller = frame.f_back
     fixture = code.co_name if caller is not None and caller.f_code.co_filename.endswith(_PYTEST_FIXTURES) else None
     return {
         "file": code.co_filename,
         "line": frame.f_lineno,
         "function": code.co_name,
-        "pos": tuple(pos) if pos is not None and None not in pos else None,
+        "pos": pos,
         "fixture": fixture,
     }
+
+
+def call_position(frame: FrameType) -> tuple[int, int, int, int] | None:
+    """The position (line, end line, column, end column) of the instruction ``frame`` is at, if known."""
+    try:
+        pos = next(itertools.islice(frame.f_code.co_positions(), frame.f_lasti // 2, None))
+    except (StopIteration, ValueError):  # pragma: no cover - a code object without positions
+        return None
+    return None if None in pos else tuple(pos)  # type: ignore[return-value]  # four ints, once None is ruled out
 
 
 def created(lock_key: str) -> tuple[str, dict[str, Any] | None] | None:
@@ -369,6 +374,12 @@ def _line_of(code: Any, lasti: int) -> int | None:
     return None
 
 
+def _taken_at(lock: Any) -> tuple[str, int | None, str] | None:
+    """Where this process last took ``lock``: file, line, function; None if it never did."""
+    where = lock.__dict__.get("_ipc_taken")
+    return None if not where else (where[0].co_filename, _line_of(*where), where[0].co_name)
+
+
 def _describe(lock: Any) -> dict[str, Any]:
     return {"key": key(lock._semlock), "kind": type(lock).__name__, "created": getattr(lock, "_ipc_site", None)}
 
@@ -387,9 +398,7 @@ def snapshot() -> dict[str, Any]:
         semlock = lock._semlock
         if semlock.maxvalue != 1 or not _holds(semlock):
             continue
-        where = lock.__dict__.get("_ipc_taken")
-        taken = None if not where else (where[0].co_filename, _line_of(*where), where[0].co_name)
-        holds.append({**_describe(lock), "taken_at": taken})
+        holds.append({**_describe(lock), "taken_at": _taken_at(lock)})
     waits = []
     for ident, (lock, frame) in list(_waiting.items()):
         f: FrameType | None = frame

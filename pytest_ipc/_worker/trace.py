@@ -97,12 +97,18 @@ def load(path: str) -> tuple[str, dict[str, tuple[str, Any, str]], list[tuple[An
 
 def user_frame(depth: int = 2) -> tuple[str, int, str]:
     """The file, line and function of the innermost frame of the user's code."""
-    frame: Any = sys._getframe(depth)
-    while frame is not None and _skipped(frame):
-        frame = frame.f_back
+    frame = _user_frame(depth + 1)
     if frame is None:
         return "?", 0, "?"
     return frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name
+
+
+def _user_frame(depth: int) -> Any:
+    """The innermost frame of the user's code, from ``depth`` frames up; None if there is none."""
+    frame: Any = sys._getframe(depth)
+    while frame is not None and _skipped(frame):
+        frame = frame.f_back
+    return frame
 
 
 def _skipped(frame: Any) -> bool:
@@ -350,28 +356,16 @@ def note_creation(obj: Any) -> None:
     """
     if _sites is None:
         return
-    frame: Any = sys._getframe(2)
-    while frame is not None and _skipped(frame):
-        frame = frame.f_back
+    frame = _user_frame(3)
     if frame is None:
         return
     try:
         ident = identity(obj)
         if ident is not None:
             site = vars(obj)["_ipc_site"] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-            _sites[ident] = (site, _position(frame))
+            _sites[ident] = (site, lockstate.call_position(frame))
     except Exception:  # an object in the making that does not answer yet: left unnamed
         pass
-
-
-def _position(frame: Any) -> tuple[int, int, int, int] | None:
-    positions = getattr(frame.f_code, "co_positions", None)  # 3.11+
-    if positions is None:
-        return None
-    for k, pos in enumerate(positions()):
-        if k == frame.f_lasti // 2:
-            return None if None in pos else tuple(pos)
-    return None
 
 
 def made_here() -> dict[str, tuple[str, tuple[int, int, int, int] | None]]:
@@ -437,9 +431,7 @@ def proxy_call(proxy: Any, method: str, args: tuple[Any, ...], call: Any) -> Any
 
 def queue_id(q: Any) -> str:
     """``queue:<its read lock's key>``: the same in every process (see lockstate.key)."""
-    semlock = q._rlock._semlock
-    name = semlock.name
-    ident = f"queue:{name}" if name else f"queue:handle:{semlock.handle}"
+    ident = f"queue:{lockstate.key(q._rlock._semlock)}"
     if ident not in objects:
         objects[ident] = (type(q).__name__, vars(q).get("_ipc_site", ""), "time")
     return ident

@@ -78,7 +78,7 @@ _TOUCHED = {
     "timeout": "waited for",
     "put": "put to",
     "get": "got from",
-    "empty": "asked empty() at",
+    "empty": "asked empty()",
 }
 _COMPARISONS = ("<", ">", "==", "!=", " in ", " is ")
 
@@ -264,17 +264,11 @@ class Tracer:
                 continue
             for take in accesses:
                 holding = frozenset(h[0] for h in take.value or ())
+                verb = "takes" if take.op == "take" else "waits"
+                lock = self._lock_name(ident)
+                shown = Access(take.time, take.worker, verb, lock, take.file, take.line, take.function)
                 for held, file, line, function in take.value or ():
                     row = Access(take.time, take.worker, "holds", self._lock_name(held), file, line, function)
-                    shown = Access(
-                        take.time,
-                        take.worker,
-                        "takes" if take.op == "take" else "waits",
-                        self._lock_name(ident),
-                        take.file,
-                        take.line,
-                        take.function,
-                    )
                     edges.setdefault((held, ident), {}).setdefault(take.worker, (row, shown, holding))
         found = []
         for (a, b), by in sorted(edges.items()):
@@ -367,7 +361,7 @@ class Tracer:
         for (op, file, line), workers in sorted(
             self._touched[ident].items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])
         ):
-            parts.append(f"{_TOUCHED.get(op, op)} at {file}:{line} by {_workers(workers)}".replace(" at at ", " at "))
+            parts.append(f"{_TOUCHED.get(op, op)} at {file}:{line} by {_workers(workers)}")
         return f"{_object_label(name, type_, created, None)}: {', '.join(parts)}"
 
 

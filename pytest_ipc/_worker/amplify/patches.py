@@ -72,21 +72,6 @@ def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[.
     setattr(cls, name, wrap(original))
 
 
-def _patch_property(
-    cls: type, name: str, on_get: Callable[[Any], None] | None = None, guarded: Guard | None = None
-) -> None:
-    prop = cls.__dict__.get(name)
-    if not isinstance(prop, property) or getattr(prop.fget, "__wrapped__", None):
-        return
-    fget, fset = prop.fget, prop.fset
-    assert fget is not None
-    # A point after the read and one before the write: both fall inside
-    # the window of ``v.value += 1``, which is where updates get lost.
-    getter = _wrap_after(fget, on_get, guarded)
-    setter = _wrap_before(fset, guarded) if fset else None
-    setattr(cls, name, property(getter, setter, prop.fdel, prop.__doc__))
-
-
 def _lock_init(init: Callable[..., Any]) -> Callable[..., Any]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
@@ -147,7 +132,8 @@ def _patch_sharedctypes(module: ModuleType) -> None:
             setattr(module, name, _noting_made(getattr(module, name)))
     prop = module.Synchronized.__dict__.get("value")
     if isinstance(prop, property) and prop.fget and prop.fset and not hasattr(prop.fget, "__wrapped__"):
-        # The same points as _patch_property's, and the trace of a diagnostic run.
+        # A point after the read and one before the write (both inside the window of
+        # ``v.value += 1``), and the trace of a diagnostic run.
         module.Synchronized.value = property(
             _traced(prop.fget, trace.value_get, after=True), _traced(prop.fset, trace.value_set), None, prop.__doc__
         )
